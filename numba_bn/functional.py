@@ -1,0 +1,88 @@
+"""Functional API: ``batch_norm`` and ``batch_stats`` on NumPy arrays."""
+
+import numpy as np
+
+from . import _core
+from ._validation import (
+    channel_count,
+    check_bool,
+    check_channel_axis,
+    check_channel_vector,
+    check_float_input,
+    check_real,
+    check_values_per_channel,
+)
+
+
+def _check_input(x, channel_axis):
+    check_float_input("input", x)
+    channel_axis = check_channel_axis(channel_axis)
+    if x.ndim < 2:
+        raise ValueError(f"expected input with 2 or more dimensions (N, C, ...), got {x.ndim}D input")
+    return channel_axis % x.ndim
+
+
+def batch_stats(x, *, channel_axis=1):
+    """Per-channel mean, biased variance and count of ``x``.
+
+    Computed in one pass with float64 partial (count, mean, M2) states merged
+    by Chan's formula. The statistics are float64 for float64 input and
+    float32 otherwise; ``count`` is the number of values per channel (an int).
+    An empty input gives NaN statistics and count 0.
+    """
+    axis = _check_input(x, channel_axis)
+    stats = _core.batch_statistics(x, axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = stats.m2 / stats.count
+    dtype = _core.compute_dtype(x)
+    return stats.mean.astype(dtype), var.astype(dtype), stats.count
+
+
+def batch_norm(
+    x,
+    running_mean,
+    running_var,
+    weight=None,
+    bias=None,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+    *,
+    channel_axis=1,
+):
+    """Batch normalisation with ``torch.nn.functional.batch_norm``'s contract.
+
+    With ``training=True`` the batch's statistics normalise ``x`` and, when
+    ``running_mean``/``running_var`` are given, are blended into them in place
+    with ``momentum`` (the unbiased variance for ``running_var``). With
+    ``training=False`` the running buffers normalise ``x``. Returns a new
+    C-contiguous array of ``x``'s shape and dtype.
+    """
+    axis = _check_input(x, channel_axis)
+    channels, _ = channel_count(x, axis)
+    training = check_bool("training", training)
+    momentum = check_real("momentum", momentum)
+    eps = check_real("eps", eps, minimum=0.0)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(
+            "expected running_mean and running_var to be both given or both None, "
+            f"got running_mean={'None' if running_mean is None else 'an array'} and "
+            f"running_var={'None' if running_var is None else 'an array'}"
+        )
+    if running_mean is None and not training:
+        raise ValueError("expected running_mean and running_var when training=False, got None")
+    for name, vector in (("running_mean", running_mean), ("running_var", running_var)):
+        if vector is not None:
+            check_channel_vector(name, vector, channels, writeable=training)
+    for name, vector in (("weight", weight), ("bias", bias)):
+        if vector is not None:
+            check_channel_vector(name, vector, channels)
+    if training:
+        check_values_per_channel(x, axis)
+        stats = _core.batch_statistics(x, axis)
+        y, _ = _core.forward(x, axis, stats, None, None, weight, bias, eps)
+        if running_mean is not None:
+            _core.update_running(running_mean, running_var, stats, momentum)
+        return y
+    y, _ = _core.forward(x, axis, None, running_mean, running_var, weight, bias, eps)
+    return y
