@@ -70,7 +70,7 @@ def forward(x, channel_axis, stats, mean, var, weight, bias, eps):
     weight = _as_float64(weight)
     saved = SavedForward(x, channel_axis, stats is not None, mean, invstd, weight, count)
     if x.size == 0:
-        return np.empty(x.shape, x.dtype), saved
+        return np.empty(x.shape, native_dtype(x)), saved
 
     dtype = compute_dtype(x)
     shift = mean.astype(dtype)
@@ -87,10 +87,11 @@ def update_running(running_mean, running_var, stats, factor):
     """Blend the batch statistics into the buffers in place (unbiased variance)."""
     if stats.count == 0:
         return
-    with np.errstate(invalid="ignore", divide="ignore"):
+    # Overflow to inf in a float32 buffer is the honest result for data beyond ~1e19.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         unbiased = stats.m2 / (stats.count - 1)
-    running_mean[...] = (1.0 - factor) * running_mean.astype(np.float64) + factor * stats.mean
-    running_var[...] = (1.0 - factor) * running_var.astype(np.float64) + factor * unbiased
+        running_mean[...] = (1.0 - factor) * running_mean.astype(np.float64) + factor * stats.mean
+        running_var[...] = (1.0 - factor) * running_var.astype(np.float64) + factor * unbiased
 
 
 def backward(saved, grad_output, need_weight_grads):
@@ -99,7 +100,7 @@ def backward(saved, grad_output, need_weight_grads):
     channels = x.shape[axis]
     if x.size == 0:
         zeros = np.zeros(channels)
-        return np.empty(x.shape, x.dtype), zeros, zeros.copy()
+        return np.empty(x.shape, native_dtype(x)), zeros, zeros.copy()
 
     dtype = compute_dtype(x)
     k_dy = saved.invstd if saved.weight is None else saved.invstd * saved.weight

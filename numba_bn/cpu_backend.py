@@ -20,6 +20,11 @@ def _kernel_array(array):
     return array
 
 
+def _output_dtype(kernel_array):
+    """Native dtype of the result for an input as the kernels read it."""
+    return np.float16 if kernel_array.dtype == np.uint16 else kernel_array.dtype
+
+
 def _split_parameter(layout):
     return config.ROW_BLOCKS if layout == ROWS else config.RUN_CHUNK
 
@@ -33,9 +38,10 @@ def channel_stats(x, channel_axis):
 
 
 def normalize(x, channel_axis, shift, scale, offset):
-    """New C-contiguous ``(x - shift) * scale + offset`` (per channel), dtype of ``x``."""
-    y = np.empty(x.shape, x.dtype)
-    layout, (xv,), (yv,) = kernel_views(channel_axis, [_kernel_array(x)], [_kernel_array(y)])
+    """New C-contiguous ``(x - shift) * scale + offset`` (per channel), ``x``'s dtype in native byte order."""
+    x = _kernel_array(x)
+    y = np.empty(x.shape, _output_dtype(x))
+    layout, (xv,), (yv,) = kernel_views(channel_axis, [x], [_kernel_array(y)])
     kernel = cpu_kernels.normalize_rows if layout == ROWS else cpu_kernels.normalize_runs
     kernel(xv, yv, shift, scale, offset, _split_parameter(layout))
     return y
@@ -51,10 +57,11 @@ def grad_sums(x, grad_output, channel_axis, mean):
 
 
 def grad_input(x, grad_output, channel_axis, shift, k_dy, k_x, k_const):
-    """New C-contiguous ``k_dy * dy + k_x * (x - shift) + k_const``, dtype of ``x``."""
-    dx = np.empty(x.shape, x.dtype)
+    """New C-contiguous ``k_dy * dy + k_x * (x - shift) + k_const``, ``x``'s dtype in native byte order."""
+    x = _kernel_array(x)
+    dx = np.empty(x.shape, _output_dtype(x))
     layout, (xv, dyv), (dxv,) = kernel_views(
-        channel_axis, [_kernel_array(x), _kernel_array(grad_output)], [_kernel_array(dx)]
+        channel_axis, [x, _kernel_array(grad_output)], [_kernel_array(dx)]
     )
     kernel = cpu_kernels.grad_input_rows if layout == ROWS else cpu_kernels.grad_input_runs
     kernel(xv, dyv, dxv, shift, k_dy, k_x, k_const, _split_parameter(layout))

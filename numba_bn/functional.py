@@ -32,10 +32,11 @@ def batch_stats(x, *, channel_axis=1):
     """
     axis = _check_input(x, channel_axis)
     stats = _core.batch_statistics(x, axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = stats.m2 / stats.count
     dtype = _core.compute_dtype(x)
-    return stats.mean.astype(dtype), var.astype(dtype), stats.count
+    # A float32 variance overflows to inf beyond ~1.8e38 (data beyond ~1e19).
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        var = (stats.m2 / stats.count).astype(dtype)
+    return stats.mean.astype(dtype), var, stats.count
 
 
 def batch_norm(
