@@ -49,10 +49,14 @@ def check_bool(name, value):
 
 
 def check_real(name, value, minimum=None, maximum=None):
-    """A finite real number (bools excluded) within the given bounds, as a float."""
+    """A finite real number (bools excluded) within the given bounds.
+
+    Integers stay integers (as Python ``int``) so the value reads back, and
+    prints in ``repr``, as it was given, like PyTorch's modules.
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"expected {name} to be a real number, got {describe_type(value)}")
-    value = float(value)
+    value = int(value) if isinstance(value, numbers.Integral) else float(value)
     if not np.isfinite(value):
         raise ValueError(f"expected {name} to be finite, got {value}")
     if minimum is not None and value < minimum:

@@ -238,6 +238,7 @@ def test_state_dict_matches_torch(cls, dtype, flags):
     pytest.param({"affine": False}, id="noaffine"),
     pytest.param({"eps": 1e-3, "momentum": None, "track_running_stats": False}, id="eps-cumavg-notrack"),
     pytest.param({"eps": 2.5e-06, "momentum": 0.25, "affine": False, "bias": False}, id="odd-values"),
+    pytest.param({"eps": 0, "momentum": 1}, id="int-values"),
 ])
 @pytest.mark.parametrize("cls", [nbn.BatchNorm1d, nbn.BatchNorm2d, nbn.BatchNorm3d], ids=["1d", "2d", "3d"])
 def test_repr_matches_torch(cls, kwargs):
