@@ -17,3 +17,23 @@ ROW_BLOCKS = 64
 #: reductions vectorise and contraction gives FMAs, while leaving out
 #: ``nnan``/``ninf`` keeps NaN and Inf handling exact.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+# ------------------------------------------------------------------ CUDA
+# Launch geometry of the CUDA kernels (read at every call, so tests can use
+# tiny blocks that still span several blocks per channel).
+
+#: Threads per block: a power of two from 32 to 1024.
+CUDA_THREADS = 256
+
+#: Blocks a reduction aims to launch in all, summed over channels: several
+#: waves on a large GPU, so that a few channels with many values each are
+#: still spread over the whole device (the partial states are then merged).
+CUDA_TARGET_BLOCKS = 1024
+
+#: Fewest values each thread reduces before another block per channel is
+#: launched: below this the merge costs more than the extra parallelism.
+CUDA_VALUES_PER_THREAD = 16
+
+#: Merge within warps with shuffles before the shared-memory tree. ``None``
+#: means "on a real GPU"; the CUDA simulator has no warp intrinsics.
+CUDA_WARP_SHUFFLE = None

@@ -3,6 +3,15 @@
 import numpy as np
 
 from . import _core
+from ._device import (
+    check_device_float_input,
+    check_device_vector,
+    is_device_array,
+    reject_device_array,
+    require_cuda,
+    to_device,
+    to_host,
+)
 from ._state import COUNTER_KEY, read_state
 from ._validation import (
     check_bool,
@@ -19,7 +28,7 @@ from ._validation import (
     native_dtype,
 )
 
-SUPPORTED_DEVICES = ("cpu",)
+SUPPORTED_DEVICES = ("cpu", "cuda")
 
 
 def _check_device(device):
@@ -27,7 +36,24 @@ def _check_device(device):
         raise TypeError(f"expected device to be a str, got {describe_type(device)}")
     if device not in SUPPORTED_DEVICES:
         raise ValueError(f"expected device to be one of {list(SUPPORTED_DEVICES)}, got {device!r}")
+    if device == "cuda":
+        require_cuda()
     return device
+
+
+def _cuda_core():
+    from . import _cuda_core
+
+    return _cuda_core
+
+
+def _on_device(array, device):
+    """``array`` (host or device, or None) as an array of ``device``."""
+    if array is None:
+        return None
+    if device == "cuda":
+        return array if is_device_array(array) else to_device(array)
+    return to_host(array) if is_device_array(array) else array
 
 
 class _BatchNorm:
@@ -35,6 +61,7 @@ class _BatchNorm:
 
     _input_ranks = ()
     _rank_description = ""
+    _ARRAY_NAMES = ("weight", "bias", "running_mean", "running_var", "grad_weight", "grad_bias")
 
     def __init__(
         self,
@@ -72,6 +99,9 @@ class _BatchNorm:
         self.grad_weight = None
         self.grad_bias = None
         self._saved = None
+        if self.device != "cpu":
+            for name in self._ARRAY_NAMES:
+                setattr(self, name, _on_device(getattr(self, name), self.device))
 
     # ------------------------------------------------------------ forward
 
@@ -81,25 +111,27 @@ class _BatchNorm:
     def forward(self, x):
         """Normalise ``x``; in training mode also update the running buffers.
 
-        Returns a new C-contiguous array with ``x``'s shape and dtype.
+        Returns a new C-contiguous array with ``x``'s shape and dtype (a
+        ``numba.cuda`` device array on ``device="cuda"``).
         """
-        self._check_input(x)
+        x = self._check_input(x)
+        core = _cuda_core() if self.device == "cuda" else _core
         use_batch_stats = self.training or not self.track_running_stats
         updates_buffers = self.training and self.track_running_stats
         self._check_state(writeable_buffers=updates_buffers)
         axis = self.channel_axis % x.ndim
         if use_batch_stats:
             check_values_per_channel(x, axis)
-            stats = _core.batch_statistics(x, axis)
-            y, saved = _core.forward(x, axis, stats, None, None, self.weight, self.bias, self.eps)
+            stats = core.batch_statistics(x, axis)
+            y, saved = core.forward(x, axis, stats, None, None, self.weight, self.bias, self.eps)
         else:
-            y, saved = _core.forward(
+            y, saved = core.forward(
                 x, axis, None, self.running_mean, self.running_var, self.weight, self.bias, self.eps
             )
         if updates_buffers:
             self.num_batches_tracked += 1
             factor = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
-            _core.update_running(self.running_mean, self.running_var, stats, factor)
+            core.update_running(self.running_mean, self.running_var, stats, factor)
         self._saved = saved
         return y
 
@@ -113,7 +145,10 @@ class _BatchNorm:
         saved = self._saved
         if saved is None:
             raise RuntimeError("backward() needs a forward() first: no forward pass has been recorded")
-        check_ndarray("grad_output", grad_output)
+        if self.device == "cuda":
+            grad_output = check_device_float_input("grad_output", grad_output)
+        else:
+            check_ndarray("grad_output", reject_device_array("grad_output", grad_output))
         if grad_output.shape != saved.x.shape:
             raise ValueError(
                 f"expected grad_output of shape {saved.x.shape} (the forward input's), "
@@ -124,6 +159,12 @@ class _BatchNorm:
                 f"expected grad_output of dtype {native_dtype(saved.x)} (the forward input's), "
                 f"got {grad_output.dtype}"
             )
+        if self.device == "cuda":
+            grad_input, sum_dy_xhat, sum_dy = _cuda_core().backward(saved, grad_output, self.affine, self.dtype)
+            if self.affine:
+                self.grad_weight = sum_dy_xhat
+                self.grad_bias = sum_dy if self._use_bias else None
+            return grad_input
         grad_input, sum_dy_xhat, sum_dy = _core.backward(saved, grad_output, self.affine)
         if self.affine:
             self.grad_weight = sum_dy_xhat.astype(self.dtype)
@@ -131,7 +172,11 @@ class _BatchNorm:
         return grad_input
 
     def _check_input(self, x):
-        check_float_input("input", x)
+        """``x`` checked (and, on the GPU, as a device array) or an exception."""
+        if self.device == "cuda":
+            x = check_device_float_input("input", x)
+        else:
+            check_float_input("input", reject_device_array("input", x))
         if x.ndim not in self._input_ranks:
             raise ValueError(f"expected {self._rank_description} input (got {x.ndim}D input)")
         dtype = native_dtype(x)
@@ -143,17 +188,19 @@ class _BatchNorm:
                 f"{type(self).__name__}, got {x.dtype}" + (hint if dtype in (np.float32, np.float64) else "")
             )
         check_channels(x, self.channel_axis, self.num_features)
+        return x
 
     def _check_state(self, writeable_buffers):
         """Parameters and buffers may have been reassigned by the user: re-check them."""
         channels = self.num_features
+        check_vector = check_device_vector if self.device == "cuda" else check_channel_vector
         for name in ("weight", "bias"):
             value = getattr(self, name)
             if value is not None:
-                check_channel_vector(name, value, channels, dtype=self.dtype)
+                check_vector(name, value, channels, dtype=self.dtype)
         if self.track_running_stats:
             for name in ("running_mean", "running_var"):
-                check_channel_vector(
+                check_vector(
                     name, getattr(self, name), channels, dtype=self.dtype, writeable=writeable_buffers
                 )
 
@@ -171,8 +218,20 @@ class _BatchNorm:
         return self.train(False)
 
     def to(self, device):
-        """Move parameters and buffers to ``device``; returns ``self``."""
-        self.device = _check_device(device)
+        """Move parameters, buffers and gradients to ``device``; returns ``self``.
+
+        On ``"cuda"`` they become ``numba.cuda`` device arrays, on ``"cpu"``
+        NumPy arrays. A move forgets the recorded forward (its input lives on
+        the old device): call forward again before backward.
+        """
+        device = _check_device(device)
+        if device == self.device:
+            return self
+        moved = {name: _on_device(getattr(self, name), device) for name in self._ARRAY_NAMES}
+        for name, value in moved.items():
+            setattr(self, name, value)
+        self.device = device
+        self._saved = None
         return self
 
     def cpu(self):
@@ -188,17 +247,24 @@ class _BatchNorm:
     def reset_running_stats(self):
         """Running mean 0, running variance 1, batch counter 0 (in place)."""
         if self.track_running_stats:
-            self.running_mean[...] = 0
-            self.running_var[...] = 1
+            self._fill("running_mean", 0)
+            self._fill("running_var", 1)
             self.num_batches_tracked = 0
 
     def reset_parameters(self):
         """Reset the running statistics, weight to 1 and bias to 0 (in place)."""
         self.reset_running_stats()
         if self.weight is not None:
-            self.weight[...] = 1
+            self._fill("weight", 1)
         if self.bias is not None:
-            self.bias[...] = 0
+            self._fill("bias", 0)
+
+    def _fill(self, name, value):
+        array = getattr(self, name)
+        if is_device_array(array):
+            array.copy_to_device(np.full(array.shape, value, array.dtype))
+        else:
+            array[...] = value
 
     def _state_keys(self):
         keys = []
@@ -217,7 +283,8 @@ class _BatchNorm:
             if key == COUNTER_KEY:
                 state[key] = np.array(self.num_batches_tracked, dtype=np.int64)
             else:
-                state[key] = np.array(getattr(self, key), copy=True)
+                value = getattr(self, key)
+                state[key] = to_host(value) if is_device_array(value) else np.array(value, copy=True)
         return state
 
     def load_state_dict(self, state, strict=True):
@@ -234,7 +301,13 @@ class _BatchNorm:
                 self.num_batches_tracked = value
                 continue
             current = getattr(self, key)
-            if (
+            if self.device == "cuda":
+                value = value.astype(self.dtype)
+                if is_device_array(current) and current.shape == value.shape and current.dtype == self.dtype:
+                    current.copy_to_device(value)
+                else:
+                    setattr(self, key, to_device(value))
+            elif (
                 isinstance(current, np.ndarray)
                 and current.shape == value.shape
                 and current.dtype == self.dtype

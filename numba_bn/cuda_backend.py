@@ -1,0 +1,228 @@
+"""Whole-array CUDA operations: device views, launch geometry, stream, scratch.
+
+The counterpart of ``cpu_backend`` for ``numba.cuda`` device arrays. Inputs
+arrive validated. Operands are re-viewed (no copy) as the 5-D ``RUNS`` or
+``ROWS`` views of ``_layout`` - the same plan as on the CPU, computed from the
+arrays' shapes and strides - except that an input with a negative stride is
+first copied to a C-contiguous device array (views of device memory must start
+at the first element). Results are new C-contiguous device arrays. Everything
+is queued on the stream of ``_stream.current_stream()``.
+
+This module imports ``numba.cuda``: import it only when CUDA is in use.
+"""
+
+import math
+
+import numpy as np
+from numba import config as numba_config
+from numba import cuda
+from numpy.lib.stride_tricks import as_strided
+
+from . import config, cuda_kernels
+from ._layout import ROWS, kernel_views
+from ._stream import current_stream
+
+_WARP = 32
+_MAX_GRID_Y = 65535
+_MAX_GRID_X = 2**31 - 1
+_DIMS = 5
+
+#: Reduction staging buffers, reused per (name, shape, stream): work queued
+#: on one stream runs in order, so a buffer is free again when the next
+#: reduction on that stream starts.
+_scratch = {}
+
+
+# ---------------------------------------------------------- environment
+
+
+def is_simulator():
+    return bool(numba_config.ENABLE_CUDASIM)
+
+
+def use_warp_shuffle():
+    flag = config.CUDA_WARP_SHUFFLE
+    return (not is_simulator()) if flag is None else bool(flag)
+
+
+def _threads_per_block():
+    threads = config.CUDA_THREADS
+    if not (isinstance(threads, int) and 32 <= threads <= 1024 and threads & (threads - 1) == 0):
+        raise ValueError(f"expected config.CUDA_THREADS to be a power of two from 32 to 1024, got {threads!r}")
+    return threads
+
+
+def device_array(shape, dtype):
+    return cuda.device_array(shape, np.dtype(dtype), stream=current_stream())
+
+
+def to_device(host_array):
+    return cuda.to_device(np.ascontiguousarray(host_array), stream=current_stream())
+
+
+def to_host(array):
+    """A NumPy copy of a device array, after the work queued on the stream."""
+    stream = current_stream()
+    host = array.copy_to_host(stream=stream)
+    if stream:
+        stream.synchronize()
+    return host
+
+
+def _scratch_array(name, shape):
+    stream = current_stream()
+    key = (name, shape, stream)
+    array = _scratch.get(key)
+    if array is None:
+        # One staging buffer per name and stream: drop the ones of other shapes.
+        for old in [k for k in _scratch if k[0] == name and k[2] is stream]:
+            del _scratch[old]
+        array = _scratch[key] = device_array(shape, np.float64)
+    return array
+
+
+# ---------------------------------------------------------------- views
+
+
+def _view(array, shape, strides):
+    """A device array over ``array``'s memory with another shape/strides (same first element)."""
+    if is_simulator():
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return FakeCUDAArray(as_strided(array._ary, shape, strides), stream=array.stream)
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+    return DeviceNDArray(shape, strides, array.dtype, stream=array.stream, gpu_data=array.gpu_data)
+
+
+def _padded(array):
+    """``array`` as a 5-D view, size-1 axes in front."""
+    missing = _DIMS - array.ndim
+    return _view(array, (1,) * missing + tuple(array.shape), (0,) * missing + tuple(array.strides))
+
+
+def _without_negative_strides(array):
+    if all(s >= 0 for s in array.strides):
+        return array
+    copy = device_array(array.shape, array.dtype)
+    source, target = _padded(array), _padded(copy)
+    threads = _threads_per_block()
+    blocks = max(1, min(math.ceil(array.size / threads), _MAX_GRID_Y))
+    cuda_kernels.copy_5d[blocks, threads, current_stream()](source, target)
+    return copy
+
+
+def _shadow(array):
+    """A host array with ``array``'s shape and strides that is never read: the layout plan's input."""
+    return as_strided(np.zeros(1, array.dtype), array.shape, array.strides)
+
+
+def device_views(channel_axis, inputs, outputs=()):
+    """``(layout, input_views, output_views)``: ``_layout.kernel_views`` for device arrays."""
+    inputs = [_without_negative_strides(a) for a in inputs]
+    arrays = list(inputs) + list(outputs)
+    layout, in_plans, out_plans = kernel_views(
+        channel_axis, [_shadow(a) for a in inputs], [_shadow(a) for a in outputs]
+    )
+    views = [_view(a, p.shape, p.strides) for a, p in zip(arrays, list(in_plans) + list(out_plans))]
+    return layout, views[: len(inputs)], views[len(inputs) :]
+
+
+# ------------------------------------------------------ launch geometry
+
+
+def _next_power_of_two(n):
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def geometry(layout, shape, reduction):
+    """``(grid, block, parts)`` for a 5-D view of ``shape``.
+
+    Runs views: 1-D blocks along a channel's values; rows views: 2-D blocks of
+    ``(TX channels, TY rows)`` with TX up to a warp, so small C still fills
+    the warps. ``parts`` blocks share each channel (grid x); the channel
+    tiles are grid y. A reduction caps the total at ``CUDA_TARGET_BLOCKS``
+    (each part costs a merge); an elementwise pass only at the grid limit.
+    """
+    threads = _threads_per_block()
+    shape = tuple(shape)
+    if layout == ROWS:
+        channels, along = shape[-1], math.prod(shape[:-1])
+        tx = min(_next_power_of_two(channels), _WARP)
+        block = (tx, threads // tx)
+    else:
+        channels, along = shape[0], math.prod(shape[1:])
+        block = (threads, 1)
+    tiles = min(math.ceil(channels / block[0]) if layout == ROWS else channels, _MAX_GRID_Y)
+    parts = math.ceil(along / (block[1 if layout == ROWS else 0] * config.CUDA_VALUES_PER_THREAD))
+    cap = max(1, config.CUDA_TARGET_BLOCKS // tiles) if reduction else _MAX_GRID_X
+    parts = max(1, min(parts, cap))
+    return (parts, tiles), block, parts
+
+
+def _per_channel_grid(channels):
+    threads = _threads_per_block()
+    return max(1, math.ceil(channels / threads)), threads
+
+
+def launch_per_channel(kernel, channels, *args):
+    """Run an O(C) kernel with one thread per channel."""
+    blocks, threads = _per_channel_grid(channels)
+    kernel[blocks, threads, current_stream()](*args)
+
+
+# --------------------------------------------------------- whole arrays
+
+
+def channel_stats(x, channel_axis):
+    """``(count, mean, m2)`` per channel: count an int, mean and M2 float64 device arrays."""
+    layout, (xv,), _ = device_views(channel_axis, [x])
+    grid, block, parts = geometry(layout, xv.shape, reduction=True)
+    channels = xv.shape[4] if layout == ROWS else xv.shape[0]
+    shape = (channels, parts)
+    part_count = _scratch_array("count", shape)
+    part_mean = _scratch_array("mean", shape)
+    part_m2 = _scratch_array("m2", shape)
+    kernel = cuda_kernels.channel_stats_rows if layout == ROWS else cuda_kernels.channel_stats_runs
+    shared_bytes = 3 * block[0] * block[1] * 8
+    kernel[grid, block, current_stream(), shared_bytes](xv, part_count, part_mean, part_m2, use_warp_shuffle())
+    mean = device_array(channels, np.float64)
+    m2 = device_array(channels, np.float64)
+    launch_per_channel(cuda_kernels.merge_stat_parts, channels, part_count, part_mean, part_m2, mean, m2)
+    return x.size // channels, mean, m2
+
+
+def normalize(x, channel_axis, shift, scale, offset):
+    """New C-contiguous ``(x - shift) * scale + offset`` (per channel), ``x``'s dtype."""
+    y = device_array(x.shape, x.dtype)
+    layout, (xv,), (yv,) = device_views(channel_axis, [x], [y])
+    grid, block, _ = geometry(layout, xv.shape, reduction=False)
+    kernel = cuda_kernels.normalize_rows if layout == ROWS else cuda_kernels.normalize_runs
+    kernel[grid, block, current_stream()](xv, yv, shift, scale, offset)
+    return y
+
+
+def grad_sums(x, grad_output, channel_axis, mean):
+    """Per-(channel, part) float64 partial ``sum(dy)`` and ``sum(dy * (x - mean))``.
+
+    The parts are summed, in order, by ``cuda_kernels.backward_coefficients``.
+    """
+    layout, (xv, dyv), _ = device_views(channel_axis, [x, grad_output])
+    grid, block, parts = geometry(layout, xv.shape, reduction=True)
+    channels = xv.shape[4] if layout == ROWS else xv.shape[0]
+    part_dy = _scratch_array("dy", (channels, parts))
+    part_dy_xmu = _scratch_array("dy_xmu", (channels, parts))
+    kernel = cuda_kernels.grad_sums_rows if layout == ROWS else cuda_kernels.grad_sums_runs
+    shared_bytes = 2 * block[0] * block[1] * 8
+    kernel[grid, block, current_stream(), shared_bytes](xv, dyv, mean, part_dy, part_dy_xmu, use_warp_shuffle())
+    return part_dy, part_dy_xmu
+
+
+def grad_input(x, grad_output, channel_axis, shift, k_dy, k_x, k_const):
+    """New C-contiguous ``k_dy * dy + k_x * (x - shift) + k_const``, ``x``'s dtype."""
+    dx = device_array(x.shape, x.dtype)
+    layout, (xv, dyv), (dxv,) = device_views(channel_axis, [x, grad_output], [dx])
+    grid, block, _ = geometry(layout, xv.shape, reduction=False)
+    kernel = cuda_kernels.grad_input_rows if layout == ROWS else cuda_kernels.grad_input_runs
+    kernel[grid, block, current_stream()](xv, dyv, dxv, shift, k_dy, k_x, k_const)
+    return dx
