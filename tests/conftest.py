@@ -1,9 +1,23 @@
 """Shared fixtures."""
 
-import numpy as np
-import pytest
+import os
 
-from numba_bn import config
+# Before numba is first imported: without a GPU, run numba.cuda kernels in the
+# CUDA simulator. A GPU machine runs them for real with NUMBA_ENABLE_CUDASIM=0.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from numba import config as numba_config  # noqa: E402
+
+from numba_bn import config  # noqa: E402
+
+if numba_config.ENABLE_CUDASIM:
+    # Simulated CUDA threads are Python threads meeting at barriers: switching
+    # between them sooner makes barrier-heavy kernels several times faster.
+    sys.setswitchinterval(1e-4)
 
 
 @pytest.fixture
@@ -16,3 +30,11 @@ def small_work_units(monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def small_cuda_blocks(monkeypatch):
+    """Tiny CUDA blocks and many blocks per channel, so small inputs exercise every merge level."""
+    monkeypatch.setattr(config, "CUDA_THREADS", 32)
+    monkeypatch.setattr(config, "CUDA_VALUES_PER_THREAD", 2)
+    monkeypatch.setattr(config, "CUDA_TARGET_BLOCKS", 64)
