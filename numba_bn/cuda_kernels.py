@@ -35,7 +35,7 @@ _WARP = 32
 # ------------------------------------------------------------ indexing
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _locate_run(position, B, D, M):
     """Indices (a, b, d, m) of the ``position``-th value of a channel in a runs view."""
     row = position // M
@@ -47,7 +47,7 @@ def _locate_run(position, B, D, M):
     return a, b, d, m
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _locate_row(row, B, D, R):
     """Indices (a, b, d, r) of the ``row``-th row of a rows view."""
     rest = row // R
@@ -59,7 +59,7 @@ def _locate_row(row, B, D, R):
     return a, b, d, r
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _block_ids():
     """Thread and block indices as int64, so index arithmetic never wraps at 2**31."""
     return (
@@ -77,7 +77,7 @@ def _block_ids():
 # ------------------------------------------------------------- merging
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _chan_merge(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
     """Chan et al.'s merge of two (count, mean, M2) states (counts as float64)."""
     if count_b == 0.0:
@@ -90,7 +90,7 @@ def _chan_merge(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
     return count, mean_a + delta * weight_b, m2_a + m2_b + delta * delta * (count_a * weight_b)
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _shifted_sums_state(count, shift, sum_dev, sum_sq_dev):
     """(mean, M2) from sums of deviations from ``shift``; M2 clamped at 0, NaN kept."""
     if count == 0.0:
@@ -416,7 +416,7 @@ def copy_5d(source, target):
 # ------------------------------------------- per-channel finishing (O(C))
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _inverse_std(var, eps):
     """``1 / sqrt(var + eps)`` as NumPy gives it: inf for 0, NaN for negative or NaN."""
     total = var + eps

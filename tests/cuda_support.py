@@ -18,9 +18,11 @@ _SCALARS = ("num_batches_tracked", "training", "eps", "momentum", "device", "cha
 
 
 def host(array):
-    """A device array's values on the host (None stays None)."""
+    """A device array's values on the host (None stays None, host arrays are copied)."""
     if array is None:
         return None
+    if isinstance(array, np.ndarray):
+        return array.copy()
     assert is_device_array(array), type(array)
     return array.copy_to_host()
 
