@@ -136,28 +136,42 @@ def _next_power_of_two(n):
 
 
 def geometry(layout, shape, reduction):
-    """``(grid, block, parts)`` for a 5-D view of ``shape``.
+    """``(grid, block, parts, extra)`` for a 5-D view of ``shape``.
 
-    Runs views: 1-D blocks along a channel's values; rows views: 2-D blocks of
-    ``(TX channels, TY rows)`` with TX up to a warp, so small C still fills
-    the warps. ``parts`` blocks share each channel (grid x); the channel
-    tiles are grid y. A reduction caps the total at ``CUDA_TARGET_BLOCKS``
-    (each part costs a merge); an elementwise pass only at the grid limit.
+    Runs views: 1-D blocks, a warp along each segment of a run; ``extra`` is
+    ``(splits,)``, the segments per run, chosen so every block has segments
+    to read. Rows views: 2-D blocks of ``(TX channels, TY rows)`` with TX up
+    to a warp, so small C still fills the warps; ``extra`` is empty.
+    ``parts`` blocks share each channel (grid x); channel tiles are grid y.
+    A reduction caps the total at ``CUDA_TARGET_BLOCKS`` (each part costs a
+    merge); an elementwise pass only at the grid limit.
     """
     threads = _threads_per_block()
     shape = tuple(shape)
+    values_per_thread = max(1, int(config.CUDA_VALUES_PER_THREAD))
     if layout == ROWS:
-        channels, along = shape[-1], math.prod(shape[:-1])
+        channels, along = shape[4], math.prod(shape[:4])
         tx = min(_next_power_of_two(channels), _WARP)
         block = (tx, threads // tx)
+        tiles = min(math.ceil(channels / tx), _MAX_GRID_Y)
+        lanes = block[1]
     else:
         channels, along = shape[0], math.prod(shape[1:])
         block = (threads, 1)
-    tiles = min(math.ceil(channels / block[0]) if layout == ROWS else channels, _MAX_GRID_Y)
-    parts = math.ceil(along / (block[1 if layout == ROWS else 0] * config.CUDA_VALUES_PER_THREAD))
+        tiles = min(channels, _MAX_GRID_Y)
+        lanes = threads
+    parts = math.ceil(along / (lanes * values_per_thread))
     cap = max(1, config.CUDA_TARGET_BLOCKS // tiles) if reduction else _MAX_GRID_X
     parts = max(1, min(parts, cap))
-    return (parts, tiles), block, parts
+    if layout == ROWS:
+        return (parts, tiles), block, parts, ()
+    runs, run_length = math.prod(shape[1:4]), shape[4]
+    segments_per_pass = threads // min(run_length, _WARP)
+    wanted = math.ceil(parts * segments_per_pass / runs)
+    longest = math.ceil(run_length / (_WARP * values_per_thread))
+    splits = max(1, min(wanted, longest))
+    parts = min(parts, math.ceil(runs * splits / segments_per_pass))  # no block without a segment
+    return (parts, tiles), block, parts, (splits,)
 
 
 def _per_channel_grid(channels):
@@ -177,7 +191,7 @@ def launch_per_channel(kernel, channels, *args):
 def channel_stats(x, channel_axis):
     """``(count, mean, m2)`` per channel: count an int, mean and M2 float64 device arrays."""
     layout, (xv,), _ = device_views(channel_axis, [x])
-    grid, block, parts = geometry(layout, xv.shape, reduction=True)
+    grid, block, parts, extra = geometry(layout, xv.shape, reduction=True)
     channels = xv.shape[4] if layout == ROWS else xv.shape[0]
     shape = (channels, parts)
     part_count = _scratch_array("count", shape)
@@ -185,7 +199,7 @@ def channel_stats(x, channel_axis):
     part_m2 = _scratch_array("m2", shape)
     kernel = cuda_kernels.channel_stats_rows if layout == ROWS else cuda_kernels.channel_stats_runs
     shared_bytes = 3 * block[0] * block[1] * 8
-    kernel[grid, block, current_stream(), shared_bytes](xv, part_count, part_mean, part_m2, use_warp_shuffle())
+    kernel[grid, block, current_stream(), shared_bytes](xv, part_count, part_mean, part_m2, use_warp_shuffle(), *extra)
     mean = device_array(channels, np.float64)
     m2 = device_array(channels, np.float64)
     launch_per_channel(cuda_kernels.merge_stat_parts, channels, part_count, part_mean, part_m2, mean, m2)
@@ -196,9 +210,9 @@ def normalize(x, channel_axis, shift, scale, offset):
     """New C-contiguous ``(x - shift) * scale + offset`` (per channel), ``x``'s dtype."""
     y = device_array(x.shape, x.dtype)
     layout, (xv,), (yv,) = device_views(channel_axis, [x], [y])
-    grid, block, _ = geometry(layout, xv.shape, reduction=False)
+    grid, block, _, extra = geometry(layout, xv.shape, reduction=False)
     kernel = cuda_kernels.normalize_rows if layout == ROWS else cuda_kernels.normalize_runs
-    kernel[grid, block, current_stream()](xv, yv, shift, scale, offset)
+    kernel[grid, block, current_stream()](xv, yv, shift, scale, offset, *extra)
     return y
 
 
@@ -208,13 +222,13 @@ def grad_sums(x, grad_output, channel_axis, mean):
     The parts are summed, in order, by ``cuda_kernels.backward_coefficients``.
     """
     layout, (xv, dyv), _ = device_views(channel_axis, [x, grad_output])
-    grid, block, parts = geometry(layout, xv.shape, reduction=True)
+    grid, block, parts, extra = geometry(layout, xv.shape, reduction=True)
     channels = xv.shape[4] if layout == ROWS else xv.shape[0]
     part_dy = _scratch_array("dy", (channels, parts))
     part_dy_xmu = _scratch_array("dy_xmu", (channels, parts))
     kernel = cuda_kernels.grad_sums_rows if layout == ROWS else cuda_kernels.grad_sums_runs
     shared_bytes = 2 * block[0] * block[1] * 8
-    kernel[grid, block, current_stream(), shared_bytes](xv, dyv, mean, part_dy, part_dy_xmu, use_warp_shuffle())
+    kernel[grid, block, current_stream(), shared_bytes](xv, dyv, mean, part_dy, part_dy_xmu, use_warp_shuffle(), *extra)
     return part_dy, part_dy_xmu
 
 
@@ -222,7 +236,7 @@ def grad_input(x, grad_output, channel_axis, shift, k_dy, k_x, k_const):
     """New C-contiguous ``k_dy * dy + k_x * (x - shift) + k_const``, ``x``'s dtype."""
     dx = device_array(x.shape, x.dtype)
     layout, (xv, dyv), (dxv,) = device_views(channel_axis, [x, grad_output], [dx])
-    grid, block, _ = geometry(layout, xv.shape, reduction=False)
+    grid, block, _, extra = geometry(layout, xv.shape, reduction=False)
     kernel = cuda_kernels.grad_input_rows if layout == ROWS else cuda_kernels.grad_input_runs
-    kernel[grid, block, current_stream()](xv, dyv, dxv, shift, k_dy, k_x, k_const)
+    kernel[grid, block, current_stream()](xv, dyv, dxv, shift, k_dy, k_x, k_const, *extra)
     return dx

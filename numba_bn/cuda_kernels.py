@@ -1,15 +1,18 @@
 """``numba.cuda`` kernels: per-channel statistics, normalisation and backward.
 
 The same operations as ``cpu_kernels`` on the same 5-D views (see
-``_layout``): ``*_runs`` kernels take ``(C, A, B, D, M)`` views and give each
-block a slice of one channel's values (threads along the values);
-``*_rows`` kernels take ``(A, B, D, R, C)`` views with 2-D blocks of
-``(TX channels, TY rows)``, so a warp reads neighbouring channels of
-neighbouring rows. Block ``x`` index = part of a channel's values, block
-``y`` index = channel (tile); both loop when the grid is smaller.
+``_layout``): ``*_runs`` kernels take ``(C, A, B, D, M)`` views, cut each
+contiguous run of ``M`` values into ``splits`` segments and let a warp read
+along a segment (1-D blocks); ``*_rows`` kernels take ``(A, B, D, R, C)``
+views with 2-D blocks of ``(TX channels, TY rows)``, so a warp reads
+neighbouring channels of neighbouring rows. Block ``x`` index = part of a
+channel's values, block ``y`` index = channel (tile); both loop when the grid
+is smaller. Threads step through segments or rows with a fixed stride and
+carry their (a, b, d, ...) indices along, so the inner loops do no 64-bit
+division; all index arithmetic is 64-bit.
 
 Reductions: each thread accumulates float64 sums of deviations from a shift
-(its first value), which makes constant data give exactly zero; the block
+(the first value it reads), which makes constant data give exactly zero; the block
 merges the per-thread (count, mean, M2) states with Chan's formula in a fixed
 tree (optionally starting with warp shuffles), and writes one partial state
 per (channel, part) to a staging buffer. A per-channel kernel then merges the
@@ -36,20 +39,8 @@ _WARP = 32
 
 
 @cuda.jit(device=True)
-def _locate_run(position, B, D, M):
-    """Indices (a, b, d, m) of the ``position``-th value of a channel in a runs view."""
-    row = position // M
-    m = position - row * M
-    rest = row // D
-    d = row - rest * D
-    a = rest // B
-    b = rest - a * B
-    return a, b, d, m
-
-
-@cuda.jit(device=True)
 def _locate_row(row, B, D, R):
-    """Indices (a, b, d, r) of the ``row``-th row of a rows view."""
+    """Indices (a, b, d, r) of the ``row``-th row of ``(A, B, D, R)`` rows (divisions: call once)."""
     rest = row // R
     r = row - rest * R
     rest2 = rest // D
@@ -57,6 +48,44 @@ def _locate_row(row, B, D, R):
     a = rest2 // B
     b = rest2 - a * B
     return a, b, d, r
+
+
+@cuda.jit(device=True)
+def _carry(a, b, d, r, B, D, R):
+    """Normalise indices after ``r`` grew: carry into d, b and a (divides only on overflow).
+
+    Threads step through rows by a fixed stride, so most steps stay inside
+    the innermost axis and cost no 64-bit division.
+    """
+    if r >= R:
+        q = r // R
+        r -= q * R
+        d += q
+        if d >= D:
+            q = d // D
+            d -= q * D
+            b += q
+            if b >= B:
+                q = b // B
+                b -= q * B
+                a += q
+    return a, b, d, r
+
+
+@cuda.jit(device=True)
+def _run_lanes(tx, TX, span):
+    """How the threads of a 1-D block share segments of ``span`` values of a run.
+
+    A warp (or ``span`` threads, when shorter) reads along one segment,
+    coalesced, so a block covers ``per_pass`` segments at a time and short
+    runs (7x7 images) still keep the threads busy. Returns
+    ``(lanes, per_pass, sub, m0)``: this thread reads segment ``sub`` of each
+    pass from offset ``m0`` on, or nothing when ``sub >= per_pass``.
+    """
+    lanes = min(span, _WARP)
+    per_pass = TX // lanes
+    sub = tx // lanes
+    return lanes, per_pass, sub, tx - sub * lanes
 
 
 @cuda.jit(device=True)
@@ -195,30 +224,37 @@ def _sum_block_pairs(shared, lane, j, stride, n, first, second, shuffle):
 
 
 @cuda.jit
-def channel_stats_runs(x, part_count, part_mean, part_m2, shuffle):
+def channel_stats_runs(x, part_count, part_mean, part_m2, shuffle, splits):
     """Partial (count, mean, M2) per (channel, block part) of a ``(C, A, B, D, M)`` view."""
     shared = cuda.shared.array(0, float64)
     tx, _, TX, _, part, tile, parts, tiles = _block_ids()
     C, A, B, D, M = x.shape
-    total = A * B * D * M
-    step = parts * TX
+    units = A * B * D * splits
+    span = (M + splits - 1) // splits
+    lanes, per_pass, sub, m0 = _run_lanes(tx, TX, span)
+    step = parts * per_pass
     c = tile
     while c < C:
         count = 0.0
         shift = 0.0
         sum_dev = 0.0
         sum_sq_dev = 0.0
-        position = part * TX + tx
-        if position < total:
-            a, b, d, m = _locate_run(position, B, D, M)
-            shift = np.float64(x[c, a, b, d, m])
-        while position < total:
-            a, b, d, m = _locate_run(position, B, D, M)
-            dev = np.float64(x[c, a, b, d, m]) - shift
-            sum_dev += dev
-            sum_sq_dev += dev * dev
-            count += 1.0
-            position += step
+        unit = part * per_pass + sub
+        if sub < per_pass and unit < units:
+            a, b, d, seg = _locate_row(unit, B, D, splits)
+            while unit < units:
+                m = seg * span + m0
+                stop = min(M, seg * span + span)
+                while m < stop:
+                    if count == 0.0:
+                        shift = np.float64(x[c, a, b, d, m])
+                    dev = np.float64(x[c, a, b, d, m]) - shift
+                    sum_dev += dev
+                    sum_sq_dev += dev * dev
+                    count += 1.0
+                    m += lanes
+                unit += step
+                a, b, d, seg = _carry(a, b, d, seg + step, B, D, splits)
         mean, m2 = _shifted_sums_state(count, shift, sum_dev, sum_sq_dev)
         count, mean, m2 = _merge_block_states(shared, 0, tx, 1, TX, count, mean, m2, shuffle)
         if tx == 0:
@@ -243,17 +279,16 @@ def channel_stats_rows(x, part_count, part_mean, part_m2, shuffle):
         sum_dev = 0.0
         sum_sq_dev = 0.0
         row = part * TY + ty
-        if c < C:
-            if row < rows:
-                a, b, d, r = _locate_row(row, B, D, R)
-                shift = np.float64(x[a, b, d, r, c])
+        if c < C and row < rows:
+            a, b, d, r = _locate_row(row, B, D, R)
+            shift = np.float64(x[a, b, d, r, c])
             while row < rows:
-                a, b, d, r = _locate_row(row, B, D, R)
                 dev = np.float64(x[a, b, d, r, c]) - shift
                 sum_dev += dev
                 sum_sq_dev += dev * dev
                 count += 1.0
                 row += step
+                a, b, d, r = _carry(a, b, d, r + step, B, D, R)
         mean, m2 = _shifted_sums_state(count, shift, sum_dev, sum_sq_dev)
         count, mean, m2 = _merge_block_states(shared, tx, ty, TX, TY, count, mean, m2, shuffle)
         if ty == 0 and c < C:
@@ -267,20 +302,28 @@ def channel_stats_rows(x, part_count, part_mean, part_m2, shuffle):
 
 
 @cuda.jit
-def normalize_runs(x, y, shift, scale, offset):
+def normalize_runs(x, y, shift, scale, offset, splits):
     """``y = (x - shift[c]) * scale[c] + offset[c]`` on ``(C, A, B, D, M)`` views."""
     tx, _, TX, _, part, tile, parts, tiles = _block_ids()
     C, A, B, D, M = x.shape
-    total = A * B * D * M
-    step = parts * TX
+    units = A * B * D * splits
+    span = (M + splits - 1) // splits
+    lanes, per_pass, sub, m0 = _run_lanes(tx, TX, span)
+    step = parts * per_pass
     c = tile
     while c < C:
         s, g, o = shift[c], scale[c], offset[c]
-        position = part * TX + tx
-        while position < total:
-            a, b, d, m = _locate_run(position, B, D, M)
-            y[c, a, b, d, m] = (x[c, a, b, d, m] - s) * g + o
-            position += step
+        unit = part * per_pass + sub
+        if sub < per_pass and unit < units:
+            a, b, d, seg = _locate_row(unit, B, D, splits)
+            while unit < units:
+                m = seg * span + m0
+                stop = min(M, seg * span + span)
+                while m < stop:
+                    y[c, a, b, d, m] = (x[c, a, b, d, m] - s) * g + o
+                    m += lanes
+                unit += step
+                a, b, d, seg = _carry(a, b, d, seg + step, B, D, splits)
         c += tiles
 
 
@@ -293,13 +336,14 @@ def normalize_rows(x, y, shift, scale, offset):
     step = parts * TY
     while tile * TX < C:
         c = tile * TX + tx
-        if c < C:
+        row = part * TY + ty
+        if c < C and row < rows:
             s, g, o = shift[c], scale[c], offset[c]
-            row = part * TY + ty
+            a, b, d, r = _locate_row(row, B, D, R)
             while row < rows:
-                a, b, d, r = _locate_row(row, B, D, R)
                 y[a, b, d, r, c] = (x[a, b, d, r, c] - s) * g + o
                 row += step
+                a, b, d, r = _carry(a, b, d, r + step, B, D, R)
         tile += tiles
 
 
@@ -307,25 +351,33 @@ def normalize_rows(x, y, shift, scale, offset):
 
 
 @cuda.jit
-def grad_sums_runs(x, dy, mean, part_dy, part_dy_xmu, shuffle):
+def grad_sums_runs(x, dy, mean, part_dy, part_dy_xmu, shuffle, splits):
     """Partial float64 ``sum(dy)`` and ``sum(dy * (x - mean))`` per (channel, part), runs views."""
     shared = cuda.shared.array(0, float64)
     tx, _, TX, _, part, tile, parts, tiles = _block_ids()
     C, A, B, D, M = x.shape
-    total = A * B * D * M
-    step = parts * TX
+    units = A * B * D * splits
+    span = (M + splits - 1) // splits
+    lanes, per_pass, sub, m0 = _run_lanes(tx, TX, span)
+    step = parts * per_pass
     c = tile
     while c < C:
         mu = mean[c]
         sum_dy = 0.0
         sum_dy_xmu = 0.0
-        position = part * TX + tx
-        while position < total:
-            a, b, d, m = _locate_run(position, B, D, M)
-            g = np.float64(dy[c, a, b, d, m])
-            sum_dy += g
-            sum_dy_xmu += g * (np.float64(x[c, a, b, d, m]) - mu)
-            position += step
+        unit = part * per_pass + sub
+        if sub < per_pass and unit < units:
+            a, b, d, seg = _locate_row(unit, B, D, splits)
+            while unit < units:
+                m = seg * span + m0
+                stop = min(M, seg * span + span)
+                while m < stop:
+                    g = np.float64(dy[c, a, b, d, m])
+                    sum_dy += g
+                    sum_dy_xmu += g * (np.float64(x[c, a, b, d, m]) - mu)
+                    m += lanes
+                unit += step
+                a, b, d, seg = _carry(a, b, d, seg + step, B, D, splits)
         sum_dy, sum_dy_xmu = _sum_block_pairs(shared, 0, tx, 1, TX, sum_dy, sum_dy_xmu, shuffle)
         if tx == 0:
             part_dy[c, part] = sum_dy
@@ -345,15 +397,16 @@ def grad_sums_rows(x, dy, mean, part_dy, part_dy_xmu, shuffle):
         c = tile * TX + tx
         sum_dy = 0.0
         sum_dy_xmu = 0.0
-        if c < C:
+        row = part * TY + ty
+        if c < C and row < rows:
             mu = mean[c]
-            row = part * TY + ty
+            a, b, d, r = _locate_row(row, B, D, R)
             while row < rows:
-                a, b, d, r = _locate_row(row, B, D, R)
                 g = np.float64(dy[a, b, d, r, c])
                 sum_dy += g
                 sum_dy_xmu += g * (np.float64(x[a, b, d, r, c]) - mu)
                 row += step
+                a, b, d, r = _carry(a, b, d, r + step, B, D, R)
         sum_dy, sum_dy_xmu = _sum_block_pairs(shared, tx, ty, TX, TY, sum_dy, sum_dy_xmu, shuffle)
         if ty == 0 and c < C:
             part_dy[c, part] = sum_dy
@@ -362,20 +415,28 @@ def grad_sums_rows(x, dy, mean, part_dy, part_dy_xmu, shuffle):
 
 
 @cuda.jit
-def grad_input_runs(x, dy, dx, shift, k_dy, k_x, k_const):
+def grad_input_runs(x, dy, dx, shift, k_dy, k_x, k_const, splits):
     """``dx = k_dy[c] * dy + k_x[c] * (x - shift[c]) + k_const[c]`` on runs views."""
     tx, _, TX, _, part, tile, parts, tiles = _block_ids()
     C, A, B, D, M = x.shape
-    total = A * B * D * M
-    step = parts * TX
+    units = A * B * D * splits
+    span = (M + splits - 1) // splits
+    lanes, per_pass, sub, m0 = _run_lanes(tx, TX, span)
+    step = parts * per_pass
     c = tile
     while c < C:
         s, kd, kx, k0 = shift[c], k_dy[c], k_x[c], k_const[c]
-        position = part * TX + tx
-        while position < total:
-            a, b, d, m = _locate_run(position, B, D, M)
-            dx[c, a, b, d, m] = kd * dy[c, a, b, d, m] + kx * (x[c, a, b, d, m] - s) + k0
-            position += step
+        unit = part * per_pass + sub
+        if sub < per_pass and unit < units:
+            a, b, d, seg = _locate_row(unit, B, D, splits)
+            while unit < units:
+                m = seg * span + m0
+                stop = min(M, seg * span + span)
+                while m < stop:
+                    dx[c, a, b, d, m] = kd * dy[c, a, b, d, m] + kx * (x[c, a, b, d, m] - s) + k0
+                    m += lanes
+                unit += step
+                a, b, d, seg = _carry(a, b, d, seg + step, B, D, splits)
         c += tiles
 
 
@@ -388,13 +449,14 @@ def grad_input_rows(x, dy, dx, shift, k_dy, k_x, k_const):
     step = parts * TY
     while tile * TX < C:
         c = tile * TX + tx
-        if c < C:
+        row = part * TY + ty
+        if c < C and row < rows:
             s, kd, kx, k0 = shift[c], k_dy[c], k_x[c], k_const[c]
-            row = part * TY + ty
+            a, b, d, r = _locate_row(row, B, D, R)
             while row < rows:
-                a, b, d, r = _locate_row(row, B, D, R)
                 dx[a, b, d, r, c] = kd * dy[a, b, d, r, c] + kx * (x[a, b, d, r, c] - s) + k0
                 row += step
+                a, b, d, r = _carry(a, b, d, r + step, B, D, R)
         tile += tiles
 
 

@@ -368,3 +368,19 @@ def test_stream_choice(rng):
     stream.synchronize()
     np.testing.assert_array_equal(host(y), expected)
     assert state["num_batches_tracked"] == 1
+
+
+def test_small_blocks_exercise_every_merge_level(monkeypatch):
+    """The shapes above really span several blocks per channel, split runs and tile channels."""
+    from numba_bn._layout import ROWS, RUNS
+    from numba_bn.cuda_backend import geometry
+
+    _, block, parts, _ = geometry(RUNS, (4, 1, 1, 3, 35), reduction=True)  # 2d (3, 4, 5, 7)
+    assert block == (32, 1) and parts > 1
+    _, block, parts, _ = geometry(ROWS, (1, 1, 1, 37, 5), reduction=True)  # 1d (37, 5)
+    assert block == (8, 4) and parts > 1
+    monkeypatch.setattr(config, "CUDA_VALUES_PER_THREAD", 1)
+    _, _, parts, (splits,) = geometry(RUNS, (3, 1, 1, 2, 77), reduction=True)  # 2d (2, 3, 7, 11)
+    assert parts > 1 and splits > 1  # runs cut into segments
+    grid, block, parts, _ = geometry(ROWS, (1, 1, 2, 15, 37), reduction=True)  # 2d (2, 3, 5, 37) clast
+    assert block == (32, 1) and grid[1] == 2 and parts > 1  # two channel tiles
