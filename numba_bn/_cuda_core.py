@@ -77,24 +77,24 @@ def forward(x, channel_axis, stats, mean, var, weight, bias, eps):
     """
     channels = x.shape[channel_axis]
     dtype = compute_dtype(x)
-    invstd = cuda_backend.device_array(channels, np.float64)
-    shift = cuda_backend.device_array(channels, dtype)
-    scale = cuda_backend.device_array(channels, dtype)
-    offset = cuda_backend.device_array(channels, dtype)
+    # Saved for backward: one allocation; the coefficients only feed this call's kernels.
+    invstd, saved_mean, saved_weight = cuda_backend.device_array((3, channels), np.float64)
+    shift, scale, offset = cuda_backend.scratch_array("forward", (3, channels), dtype)
+    saved_weight = None if weight is None else saved_weight
     if stats is not None:
-        count, mean = stats.count, stats.mean
+        count = stats.count
         divisor = float(count) if count else np.nan
         coefficients = (stats.mean, None, stats.m2, divisor)
+        saved_mean, mean_out = stats.mean, None
     else:
         count = x.size // channels
         coefficients = (mean, var, None, 1.0)
-        mean = _cast(mean, np.float64)
+        mean_out = saved_mean
     cuda_backend.launch_per_channel(
         cuda_kernels.forward_coefficients, channels, *coefficients, float(eps),
-        weight, bias, invstd, shift, scale, offset,
+        weight, bias, invstd, shift, scale, offset, mean_out, saved_weight,
     )
-    weight = None if weight is None else _cast(weight, np.float64)
-    saved = SavedForward(x, channel_axis, stats is not None, mean, invstd, weight, count)
+    saved = SavedForward(x, channel_axis, stats is not None, saved_mean, invstd, saved_weight, count)
     if x.size == 0:
         return cuda_backend.device_array(x.shape, x.dtype), saved
     return cuda_backend.normalize(x, channel_axis, shift, scale, offset), saved
@@ -119,17 +119,12 @@ def backward(saved, grad_output, need_weight_grads, grad_dtype=np.float64):
         return cuda_backend.device_array(x.shape, x.dtype), cuda_backend.to_device(zeros), cuda_backend.to_device(zeros)
 
     dtype = compute_dtype(x)
-    k_dy = cuda_backend.device_array(channels, dtype)
+    zeros, k_dy, shift, k_x, k_const = cuda_backend.scratch_array("backward", (5, channels), dtype)
     sum_dy = sum_dy_xhat = part_dy = part_dy_xmu = None
     if saved.batch_stats or need_weight_grads:
         part_dy, part_dy_xmu = cuda_backend.grad_sums(x, grad_output, axis, saved.mean)
-        sum_dy_xhat = cuda_backend.device_array(channels, grad_dtype)
-        sum_dy = cuda_backend.device_array(channels, grad_dtype)
-    if saved.batch_stats:
-        shift = cuda_backend.device_array(channels, dtype)
-        k_x = cuda_backend.device_array(channels, dtype)
-        k_const = cuda_backend.device_array(channels, dtype)
-    else:
+        sum_dy_xhat, sum_dy = cuda_backend.device_array((2, channels), grad_dtype)
+    if not saved.batch_stats:
         shift = k_x = k_const = None
     cuda_backend.launch_per_channel(
         cuda_kernels.backward_coefficients, channels, part_dy, part_dy_xmu, saved.mean, saved.invstd,
@@ -137,7 +132,7 @@ def backward(saved, grad_output, need_weight_grads, grad_dtype=np.float64):
     )
     if not saved.batch_stats:
         # The statistics were constants: dx = dy * w * invstd, one pass over dy.
-        zeros = cuda_backend.to_device(np.zeros(channels, dtype))
+        zeros.copy_to_device(np.zeros(channels, dtype), stream=cuda_backend.current_stream())
         grad_input = cuda_backend.normalize(grad_output, axis, zeros, k_dy, zeros)
         return grad_input, sum_dy_xhat, sum_dy
     grad_input = cuda_backend.grad_input(x, grad_output, axis, shift, k_dy, k_x, k_const)

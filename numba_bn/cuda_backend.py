@@ -69,15 +69,21 @@ def to_host(array):
     return host
 
 
-def _scratch_array(name, shape):
+def scratch_array(name, shape, dtype=np.float64):
+    """A device buffer for work that the next kernels on the current stream consume.
+
+    Reused by the next call with the same name on the same stream (stream
+    order makes that safe), so a step allocates only what it returns or saves.
+    """
     stream = current_stream()
-    key = (name, shape, stream)
+    dtype = np.dtype(dtype)
+    key = (name, shape, dtype, stream)
     array = _scratch.get(key)
     if array is None:
-        # One staging buffer per name and stream: drop the ones of other shapes.
-        for old in [k for k in _scratch if k[0] == name and k[2] is stream]:
+        # One buffer per name and stream: drop the ones of other shapes.
+        for old in [k for k in _scratch if k[0] == name and k[3] is stream]:
             del _scratch[old]
-        array = _scratch[key] = device_array(shape, np.float64)
+        array = _scratch[key] = device_array(shape, dtype)
     return array
 
 
@@ -194,14 +200,13 @@ def channel_stats(x, channel_axis):
     grid, block, parts, extra = geometry(layout, xv.shape, reduction=True)
     channels = xv.shape[4] if layout == ROWS else xv.shape[0]
     shape = (channels, parts)
-    part_count = _scratch_array("count", shape)
-    part_mean = _scratch_array("mean", shape)
-    part_m2 = _scratch_array("m2", shape)
+    part_count = scratch_array("count", shape)
+    part_mean = scratch_array("mean", shape)
+    part_m2 = scratch_array("m2", shape)
     kernel = cuda_kernels.channel_stats_rows if layout == ROWS else cuda_kernels.channel_stats_runs
     shared_bytes = 3 * block[0] * block[1] * 8
     kernel[grid, block, current_stream(), shared_bytes](xv, part_count, part_mean, part_m2, use_warp_shuffle(), *extra)
-    mean = device_array(channels, np.float64)
-    m2 = device_array(channels, np.float64)
+    mean, m2 = device_array((2, channels), np.float64)  # one allocation, two rows
     launch_per_channel(cuda_kernels.merge_stat_parts, channels, part_count, part_mean, part_m2, mean, m2)
     return x.size // channels, mean, m2
 
@@ -224,8 +229,8 @@ def grad_sums(x, grad_output, channel_axis, mean):
     layout, (xv, dyv), _ = device_views(channel_axis, [x, grad_output])
     grid, block, parts, extra = geometry(layout, xv.shape, reduction=True)
     channels = xv.shape[4] if layout == ROWS else xv.shape[0]
-    part_dy = _scratch_array("dy", (channels, parts))
-    part_dy_xmu = _scratch_array("dy_xmu", (channels, parts))
+    part_dy = scratch_array("dy", (channels, parts))
+    part_dy_xmu = scratch_array("dy_xmu", (channels, parts))
     kernel = cuda_kernels.grad_sums_rows if layout == ROWS else cuda_kernels.grad_sums_runs
     shared_bytes = 2 * block[0] * block[1] * 8
     kernel[grid, block, current_stream(), shared_bytes](xv, dyv, mean, part_dy, part_dy_xmu, use_warp_shuffle(), *extra)

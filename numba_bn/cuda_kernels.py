@@ -502,17 +502,24 @@ def merge_stat_parts(part_count, part_mean, part_m2, mean, m2):
 
 
 @cuda.jit
-def forward_coefficients(mean, var, m2, count, eps, weight, bias, invstd, shift, scale, offset):
-    """Elementwise coefficients and the float64 ``invstd`` for backward.
+def forward_coefficients(
+    mean, var, m2, count, eps, weight, bias, invstd, shift, scale, offset, mean_out, weight_out
+):
+    """Elementwise coefficients, and the float64 vectors backward needs.
 
     The variance is ``var[c]`` when ``m2`` is None (running buffers) and
     ``m2[c] / count`` otherwise (batch statistics); ``mean`` is float64 or a
     running buffer. As in ``_core.forward``: ``shift`` is the mean rounded to
     the compute dtype, ``scale = invstd * weight``,
-    ``offset = bias - (mean - shift) * scale``.
+    ``offset = bias - (mean - shift) * scale``. ``mean_out`` and
+    ``weight_out`` (or None) receive float64 copies of the mean and weight.
     """
     for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
         mu = np.float64(mean[c])
+        if mean_out is not None:
+            mean_out[c] = mu
+        if weight_out is not None:
+            weight_out[c] = weight[c]
         if m2 is None:
             variance = np.float64(var[c])
         else:
