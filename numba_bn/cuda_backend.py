@@ -12,6 +12,7 @@ This module imports ``numba.cuda``: import it only when CUDA is in use.
 """
 
 import math
+import warnings
 
 import numpy as np
 from numba import config as numba_config
@@ -114,7 +115,7 @@ def _without_negative_strides(array):
     source, target = _padded(array), _padded(copy)
     threads = _threads_per_block()
     blocks = max(1, min(math.ceil(array.size / threads), _MAX_GRID_Y))
-    cuda_kernels.copy_5d[blocks, threads, current_stream()](source, target)
+    launch(cuda_kernels.copy_5d, blocks, threads, (source, target))
     return copy
 
 
@@ -180,6 +181,17 @@ def geometry(layout, shape, reduction):
     return (parts, tiles), block, parts, (splits,)
 
 
+def launch(kernel, grid, block, args, shared_bytes=0):
+    """Queue ``kernel`` on the current stream.
+
+    Small grids are deliberate here (O(C) kernels, small inputs), so numba's
+    low-occupancy performance warning is silenced for these launches only.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
+        kernel[grid, block, current_stream(), shared_bytes](*args)
+
+
 def _per_channel_grid(channels):
     threads = _threads_per_block()
     return max(1, math.ceil(channels / threads)), threads
@@ -188,7 +200,7 @@ def _per_channel_grid(channels):
 def launch_per_channel(kernel, channels, *args):
     """Run an O(C) kernel with one thread per channel."""
     blocks, threads = _per_channel_grid(channels)
-    kernel[blocks, threads, current_stream()](*args)
+    launch(kernel, blocks, threads, args)
 
 
 # --------------------------------------------------------- whole arrays
@@ -205,7 +217,7 @@ def channel_stats(x, channel_axis):
     part_m2 = scratch_array("m2", shape)
     kernel = cuda_kernels.channel_stats_rows if layout == ROWS else cuda_kernels.channel_stats_runs
     shared_bytes = 3 * block[0] * block[1] * 8
-    kernel[grid, block, current_stream(), shared_bytes](xv, part_count, part_mean, part_m2, use_warp_shuffle(), *extra)
+    launch(kernel, grid, block, (xv, part_count, part_mean, part_m2, use_warp_shuffle(), *extra), shared_bytes)
     mean, m2 = device_array((2, channels), np.float64)  # one allocation, two rows
     launch_per_channel(cuda_kernels.merge_stat_parts, channels, part_count, part_mean, part_m2, mean, m2)
     return x.size // channels, mean, m2
@@ -217,7 +229,7 @@ def normalize(x, channel_axis, shift, scale, offset):
     layout, (xv,), (yv,) = device_views(channel_axis, [x], [y])
     grid, block, _, extra = geometry(layout, xv.shape, reduction=False)
     kernel = cuda_kernels.normalize_rows if layout == ROWS else cuda_kernels.normalize_runs
-    kernel[grid, block, current_stream()](xv, yv, shift, scale, offset, *extra)
+    launch(kernel, grid, block, (xv, yv, shift, scale, offset, *extra))
     return y
 
 
@@ -233,7 +245,7 @@ def grad_sums(x, grad_output, channel_axis, mean):
     part_dy_xmu = scratch_array("dy_xmu", (channels, parts))
     kernel = cuda_kernels.grad_sums_rows if layout == ROWS else cuda_kernels.grad_sums_runs
     shared_bytes = 2 * block[0] * block[1] * 8
-    kernel[grid, block, current_stream(), shared_bytes](xv, dyv, mean, part_dy, part_dy_xmu, use_warp_shuffle(), *extra)
+    launch(kernel, grid, block, (xv, dyv, mean, part_dy, part_dy_xmu, use_warp_shuffle(), *extra), shared_bytes)
     return part_dy, part_dy_xmu
 
 
@@ -243,5 +255,5 @@ def grad_input(x, grad_output, channel_axis, shift, k_dy, k_x, k_const):
     layout, (xv, dyv), (dxv,) = device_views(channel_axis, [x, grad_output], [dx])
     grid, block, _, extra = geometry(layout, xv.shape, reduction=False)
     kernel = cuda_kernels.grad_input_rows if layout == ROWS else cuda_kernels.grad_input_runs
-    kernel[grid, block, current_stream()](xv, dyv, dxv, shift, k_dy, k_x, k_const, *extra)
+    launch(kernel, grid, block, (xv, dyv, dxv, shift, k_dy, k_x, k_const, *extra))
     return dx
