@@ -507,8 +507,8 @@ def forward_coefficients(
 ):
     """Elementwise coefficients, and the float64 vectors backward needs.
 
-    The variance is ``var[c]`` when ``m2`` is None (running buffers) and
-    ``m2[c] / count`` otherwise (batch statistics); ``mean`` is float64 or a
+    The variance is ``var[c]`` (running buffers, ``m2`` None) or
+    ``m2[c] / count`` (batch statistics, ``var`` None); ``mean`` is float64 or a
     running buffer. As in ``_core.forward``: ``shift`` is the mean rounded to
     the compute dtype, ``scale = invstd * weight``,
     ``offset = bias - (mean - shift) * scale``. ``mean_out`` and
@@ -520,10 +520,12 @@ def forward_coefficients(
             mean_out[c] = mu
         if weight_out is not None:
             weight_out[c] = weight[c]
-        if m2 is None:
-            variance = np.float64(var[c])
-        else:
+        # Each None test names the argument it guards: only those are resolved at compile time.
+        variance = 0.0
+        if m2 is not None:
             variance = m2[c] / count
+        if var is not None:
+            variance = np.float64(var[c])
         inv = _inverse_std(variance, eps)
         invstd[c] = inv
         shift[c] = mu
