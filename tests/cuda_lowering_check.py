@@ -8,6 +8,11 @@ argument types that ``cuda_backend`` and ``_cuda_core`` pass, for every dtype
 combination. It must run with ``NUMBA_ENABLE_CUDASIM=0``; the device query
 for the compute capability is answered with a fixed one, so no driver is
 needed. Prints ``checked N`` and exits 0 when all lower, 1 otherwise.
+
+With ``--ptx`` it compiles each kernel all the way to PTX instead, which
+also runs NVVM: that needs libnvvm and libnvrtc (the CUDA toolkit, or the
+``nvidia-cuda-nvcc-cu12`` and ``nvidia-cuda-nvrtc-cu12`` wheels on
+``LD_LIBRARY_PATH``), but still no GPU.
 """
 
 import os
@@ -81,13 +86,19 @@ def kernel_signatures():
     yield "merge_stat_parts", (parts, parts, parts, d, d)
 
 
-def main():
+def main(ptx=False):
+    from numba.cuda import compile_ptx
+
     failures = 0
     checked = 0
     for name, signature in kernel_signatures():
         checked += 1
+        function = getattr(cuda_kernels, name).py_func
         try:
-            compile_cuda(getattr(cuda_kernels, name).py_func, types.void, signature, cc=COMPUTE_CAPABILITY)
+            if ptx:
+                compile_ptx(function, signature, cc=COMPUTE_CAPABILITY)
+            else:
+                compile_cuda(function, types.void, signature, cc=COMPUTE_CAPABILITY)
         except Exception:  # report every failing kernel, not just the first
             failures += 1
             print(f"FAILED {name}{signature}\n{traceback.format_exc()}", file=sys.stderr)
@@ -96,4 +107,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(ptx="--ptx" in sys.argv[1:]))
