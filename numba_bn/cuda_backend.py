@@ -11,6 +11,7 @@ is queued on the stream of ``_stream.current_stream()``.
 This module imports ``numba.cuda``: import it only when CUDA is in use.
 """
 
+import functools
 import math
 import warnings
 
@@ -119,19 +120,26 @@ def _without_negative_strides(array):
     return copy
 
 
-def _shadow(array):
-    """A host array with ``array``'s shape and strides that is never read: the layout plan's input."""
-    return as_strided(np.zeros(1, array.dtype), array.shape, array.strides)
+@functools.lru_cache(maxsize=512)
+def _layout_plan(channel_axis, specs, inputs):
+    """``_layout.kernel_views``'s plan for operands described by (shape, strides, dtype).
+
+    Computed on host arrays that have the operands' shapes and strides over a
+    single element (never read), and cached: a training loop sees the same
+    few shapes again and again. Returns ``(layout, ((shape, strides), ...))``.
+    """
+    shadows = [as_strided(np.zeros(1, dtype), shape, strides) for shape, strides, dtype in specs]
+    layout, in_views, out_views = kernel_views(channel_axis, shadows[:inputs], shadows[inputs:])
+    return layout, tuple((v.shape, v.strides) for v in list(in_views) + list(out_views))
 
 
 def device_views(channel_axis, inputs, outputs=()):
     """``(layout, input_views, output_views)``: ``_layout.kernel_views`` for device arrays."""
     inputs = [_without_negative_strides(a) for a in inputs]
     arrays = list(inputs) + list(outputs)
-    layout, in_plans, out_plans = kernel_views(
-        channel_axis, [_shadow(a) for a in inputs], [_shadow(a) for a in outputs]
-    )
-    views = [_view(a, p.shape, p.strides) for a, p in zip(arrays, list(in_plans) + list(out_plans))]
+    specs = tuple((tuple(a.shape), tuple(a.strides), a.dtype.str) for a in arrays)
+    layout, plans = _layout_plan(channel_axis, specs, len(inputs))
+    views = [_view(a, shape, strides) for a, (shape, strides) in zip(arrays, plans)]
     return layout, views[: len(inputs)], views[len(inputs) :]
 
 
