@@ -40,18 +40,6 @@ def _filled(channels, value, dtype=np.float64):
     return cuda_backend.to_device(np.full(channels, value, dtype))
 
 
-def _cast(vector, dtype):
-    """A new device vector with ``vector``'s values in ``dtype``."""
-    out = cuda_backend.device_array(vector.shape[0], dtype)
-    cuda_backend.launch_per_channel(cuda_kernels.cast_vector, vector.shape[0], vector, out)
-    return out
-
-
-def as_dtype(vector, dtype):
-    """``vector`` itself when it already has ``dtype``, else a converted copy."""
-    return vector if vector.dtype == np.dtype(dtype) else _cast(vector, dtype)
-
-
 def batch_statistics(x, channel_axis):
     channels = x.shape[channel_axis]
     if x.size == 0:

@@ -557,13 +557,6 @@ def biased_variance(mean, m2, count, mean_out, var_out):
 
 
 @cuda.jit
-def cast_vector(source, target):
-    """``target[:] = source`` with the dtype conversion of an assignment."""
-    for c in range(cuda.grid(1), source.shape[0], cuda.gridsize(1)):
-        target[c] = source[c]
-
-
-@cuda.jit
 def backward_coefficients(
     part_dy, part_dy_xmu, mean, invstd, weight, count, grad_weight, grad_bias, shift, k_dy, k_x, k_const
 ):

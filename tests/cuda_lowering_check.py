@@ -81,8 +81,6 @@ def kernel_signatures():
             yield "backward_coefficients", (none, none, d, d, none, f64, none, none, none, c, none, none)
             yield "biased_variance", (d, d, f64, c, c)
         yield "update_running", (p, p, d, d, f64, f64)
-        yield "cast_vector", (p, d)
-        yield "cast_vector", (d, p)
     yield "merge_stat_parts", (parts, parts, parts, d, d)
 
 
