@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from . import _fingerprint, cpu_backend
-from ._validation import COMPUTE_DTYPE, native_dtype
+from ._validation import COMPUTE_DTYPE, native_dtype, values_per_channel
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def forward(x, channel_axis, stats, mean, var, weight, bias, eps):
         count = stats.count
     else:
         mean, var = _as_float64(mean), _as_float64(var)
-        count = x.size // x.shape[channel_axis]
+        count = values_per_channel(x, channel_axis)
     with np.errstate(invalid="ignore", divide="ignore"):
         invstd = 1.0 / np.sqrt(var + eps)
     weight = _as_float64(weight)
