@@ -4,7 +4,10 @@ Numba's ``workqueue`` layer terminates the process when two threads launch
 parallel kernels at the same time; ``numba_bn._threading`` serialises the
 kernel calls on such a layer. The fresh-process tests start the threads as
 the very first numba_bn calls with an empty kernel cache, so they also race
-through compilation and the layer's start-up.
+through compilation and the layer's start-up. A child forked after the
+parent used the kernels either computes the same results or, under GNU
+OpenMP (which cannot work after fork), raises a clear error instead of being
+killed.
 """
 
 import json
@@ -103,3 +106,19 @@ def test_first_calls_race_in_a_fresh_process(layer, tmp_path):
     if "unavailable" in report:
         pytest.skip(f"the {layer} threading layer cannot be loaded here")
     assert report == {"layer": layer, "mismatches": []}
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "omp", "tbb"])
+def test_forked_child_computes_or_raises_a_clear_error(layer):
+    """After the parent used numba_bn, a forked child gets the same results or, where
+    the layer cannot work after fork (GNU OpenMP), a RuntimeError instead of being killed."""
+    result = run_script("fork_probe.py", env={"NUMBA_THREADING_LAYER": layer}, timeout=200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    if "unavailable" in report:
+        pytest.skip(f"the {layer} threading layer cannot be loaded here")
+    assert report["layer"] == layer and report["exitcode"] == 0, report
+    if "error" in report:
+        assert layer == "omp" and "GNU OpenMP" in report["error"] and "spawn" in report["error"], report
+    else:
+        assert report["result"] is True, report
