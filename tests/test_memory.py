@@ -185,29 +185,32 @@ def _leak_fixture():
     return modules, inputs
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
-def test_resident_memory_stays_flat_over_many_small_calls():
-    modules, inputs = _leak_fixture()
-    # One thread: the same allocations, without waiting on a busy sibling core
-    # for every tiny parallel region (which makes timing erratic on shared machines).
+@pytest.fixture
+def one_thread():
+    """The same allocations as with more threads, without waiting on a busy sibling
+    core for every tiny parallel region (erratic timing on shared machines)."""
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
-    try:
-        for _ in range(300):
-            _small_steps(modules, inputs)
-        gc.collect()
-        before = _resident_bytes()
-        iterations = 1200  # x 18 calls = 21,600 calls
-        for _ in range(iterations):
-            _small_steps(modules, inputs)
-        gc.collect()
-        growth = _resident_bytes() - before
-    finally:
-        numba.set_num_threads(threads)
+    yield
+    numba.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_resident_memory_stays_flat_over_many_small_calls(one_thread):
+    modules, inputs = _leak_fixture()
+    for _ in range(300):
+        _small_steps(modules, inputs)
+    gc.collect()
+    before = _resident_bytes()
+    iterations = 1200  # x 18 calls = 21,600 calls
+    for _ in range(iterations):
+        _small_steps(modules, inputs)
+    gc.collect()
+    growth = _resident_bytes() - before
     assert growth < 2 * 2**20, f"{growth} bytes over {iterations * 18} calls"
 
 
-def test_no_allocation_made_by_numba_bn_outlives_its_call():
+def test_no_allocation_made_by_numba_bn_outlives_its_call(one_thread):
     """Allocations made in numba_bn's code (NumPy's and the kernels' alike) are all freed.
 
     Only the package's own lines count: NumPy's ``as_strided`` (used to build
@@ -226,7 +229,7 @@ def test_no_allocation_made_by_numba_bn_outlives_its_call():
     try:
         _small_steps(modules, inputs)
         before = traced_in_package()
-        for _ in range(300):  # 5,400 calls: a leak of one byte per call would show
+        for _ in range(200):  # 3,600 calls: a leak of one byte per call would show
             _small_steps(modules, inputs)
         after = traced_in_package()
     finally:

@@ -95,11 +95,18 @@ def test_guard_lets_thread_safe_layers_run_concurrently(layer, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layer", ["workqueue", "omp", "tbb"])
-def test_first_calls_race_in_a_fresh_process(layer, tmp_path):
-    result = run_script(
-        "thread_workloads.py", 3, env={"NUMBA_THREADING_LAYER": layer, "NUMBA_CACHE_DIR": str(tmp_path)}
-    )
+@pytest.mark.parametrize(
+    "layer, cache",
+    [("workqueue", "empty"), ("omp", "inherited"), ("tbb", "inherited")],
+    ids=["workqueue-compiling", "omp", "tbb"],
+)
+def test_first_calls_race_in_a_fresh_process(layer, cache, tmp_path):
+    """The least thread-safe layer races through compilation from an empty kernel cache;
+    the others race through their start-up and the loading of cached kernels."""
+    env = {"NUMBA_THREADING_LAYER": layer}
+    if cache == "empty":
+        env["NUMBA_CACHE_DIR"] = str(tmp_path)
+    result = run_script("thread_workloads.py", 3, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "terminating" not in result.stderr, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
