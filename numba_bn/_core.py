@@ -11,8 +11,8 @@ from typing import Optional
 
 import numpy as np
 
-from . import cpu_backend
-from ._validation import COMPUTE_DTYPE, native_dtype
+from . import _fingerprint, cpu_backend
+from ._validation import COMPUTE_DTYPE, native_dtype, values_per_channel
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class SavedForward:
     invstd: np.ndarray
     weight: Optional[np.ndarray]  # float64 copy at forward time, or None
     count: int
+    x_sample: bytes  # _fingerprint.record(x): backward checks x is unchanged
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,13 @@ def forward(x, channel_axis, stats, mean, var, weight, bias, eps):
         count = stats.count
     else:
         mean, var = _as_float64(mean), _as_float64(var)
-        count = x.size // x.shape[channel_axis]
+        count = values_per_channel(x, channel_axis)
     with np.errstate(invalid="ignore", divide="ignore"):
         invstd = 1.0 / np.sqrt(var + eps)
     weight = _as_float64(weight)
-    saved = SavedForward(x, channel_axis, stats is not None, mean, invstd, weight, count)
+    saved = SavedForward(
+        x, channel_axis, stats is not None, mean, invstd, weight, count, _fingerprint.record(x)
+    )
     if x.size == 0:
         return np.empty(x.shape, native_dtype(x)), saved
 
@@ -97,6 +100,7 @@ def update_running(running_mean, running_var, stats, factor):
 def backward(saved, grad_output, need_weight_grads):
     """``(grad_input, sum(dy * xhat), sum(dy))``; the sums are None unless needed."""
     x, axis = saved.x, saved.channel_axis
+    _fingerprint.check_unchanged(x, saved.x_sample)
     channels = x.shape[axis]
     if x.size == 0:
         zeros = np.zeros(channels)

@@ -25,6 +25,11 @@ def describe_type(value):
 def check_ndarray(name, value):
     if not isinstance(value, np.ndarray):
         raise TypeError(f"expected {name} to be a numpy.ndarray, got {describe_type(value)}")
+    if isinstance(value, np.ma.MaskedArray):  # its mask would be silently ignored
+        raise TypeError(
+            f"expected {name} to be a numpy.ndarray without a mask, got numpy.ma.MaskedArray; "
+            f"pass {name}.filled(...) or {name}.data"
+        )
     return value
 
 
@@ -112,6 +117,12 @@ def channel_count(x, channel_axis):
     return x.shape[axis], axis
 
 
+def values_per_channel(x, channel_axis):
+    """Number of values in each channel: the product of the non-channel axes."""
+    axis = channel_axis % x.ndim
+    return int(np.prod([n for i, n in enumerate(x.shape) if i != axis], dtype=np.int64))
+
+
 def check_channels(x, channel_axis, expected):
     channels, axis = channel_count(x, channel_axis)
     if channels != expected:
@@ -123,8 +134,9 @@ def check_channels(x, channel_axis, expected):
 
 def check_values_per_channel(x, channel_axis):
     """Batch statistics need two or more values per channel (PyTorch's check)."""
-    channels, _ = channel_count(x, channel_axis)
-    if x.size == channels:
+    _, axis = channel_count(x, channel_axis)
+    # Counted from the other axes, not x.size / C, so that zero channels are fine.
+    if values_per_channel(x, axis) == 1:
         raise ValueError(
             "Expected more than 1 value per channel when training, "
             f"got input size {x.shape}"

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import config, cpu_kernels
 from ._layout import ROWS, kernel_views
+from ._threading import serialize_unless_thread_safe
 
 
 def _kernel_array(array):
@@ -29,6 +30,7 @@ def _split_parameter(layout):
     return config.ROW_BLOCKS if layout == ROWS else config.RUN_CHUNK
 
 
+@serialize_unless_thread_safe
 def channel_stats(x, channel_axis):
     """``(count, mean, m2)`` per channel: count is an int, mean and M2 float64."""
     layout, (xv,), _ = kernel_views(channel_axis, [_kernel_array(x)])
@@ -37,6 +39,7 @@ def channel_stats(x, channel_axis):
     return int(counts[0]), mean, m2
 
 
+@serialize_unless_thread_safe
 def normalize(x, channel_axis, shift, scale, offset):
     """New C-contiguous ``(x - shift) * scale + offset`` (per channel), ``x``'s dtype in native byte order."""
     x = _kernel_array(x)
@@ -47,6 +50,7 @@ def normalize(x, channel_axis, shift, scale, offset):
     return y
 
 
+@serialize_unless_thread_safe
 def grad_sums(x, grad_output, channel_axis, mean):
     """Per-channel float64 ``sum(dy)`` and ``sum(dy * (x - mean))``."""
     layout, (xv, dyv), _ = kernel_views(
@@ -56,6 +60,7 @@ def grad_sums(x, grad_output, channel_axis, mean):
     return kernel(xv, dyv, mean, _split_parameter(layout))
 
 
+@serialize_unless_thread_safe
 def grad_input(x, grad_output, channel_axis, shift, k_dy, k_x, k_const):
     """New C-contiguous ``k_dy * dy + k_x * (x - shift) + k_const``, ``x``'s dtype in native byte order."""
     x = _kernel_array(x)
