@@ -1,0 +1,57 @@
+"""Run a list of cases through every available implementation and collect the timings."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .cases import OPERATIONS, Case, make_case_data
+from .implementations import OURS, Implementation, implementations
+from .progress import ProgressBar
+from .report import CaseResult
+from .timing import timer_for
+
+
+def warm_up(cases: Sequence[Case], device: str = "cpu") -> None:
+    """Compile (or load from the cache) numba_bn's kernels for every rank, layout and dtype in ``cases``.
+
+    Runs each operation once on a tiny array of each kind, so no compilation
+    lands inside a timed call.
+    """
+    ours = implementations(device)[0]
+    assert ours.name == OURS
+    kinds = {(len(case.shape), case.layout, case.dtype) for case in cases}
+    for ndim, layout, dtype in sorted(kinds):
+        for operation in OPERATIONS:
+            tiny = Case(operation, (4, 3) + (2,) * (ndim - 2), layout, dtype)
+            prepared = ours.prepare(tiny, make_case_data(tiny))
+            prepared.collect(prepared.run())
+
+
+def run_cases(
+    cases: Sequence[Case],
+    device: str = "cpu",
+    chosen: Sequence[Implementation] | None = None,
+    progress: ProgressBar | None = None,
+    budget: float = 0.25,
+    min_repeats: int = 3,
+) -> list[CaseResult]:
+    """Time every implementation of every case; ``budget`` seconds of samples per timing.
+
+    All implementations of a case run on the same arrays, one after another,
+    so they see the same cache and thread state.
+    """
+    chosen = implementations(device) if chosen is None else list(chosen)
+    timer = timer_for(device)
+    results = []
+    for case in cases:
+        if progress is not None:
+            progress.update(case.name)
+        data = make_case_data(case)
+        timings = {}
+        for implementation in chosen:
+            prepared = implementation.prepare(case, data)
+            timings[implementation.name] = timer(prepared.run, budget=budget, min_repeats=min_repeats)
+        results.append(CaseResult(case, device, timings))
+        if progress is not None:
+            progress.update(case.name, advance=1)
+    return results

@@ -1,0 +1,110 @@
+"""Wall-clock timing of prepared cases, on the host or with CUDA events.
+
+Every implementation of a case is timed the same way in the same process,
+with the same thread count, so ratios between them are meaningful. The best
+(minimum) time is the figure compared: on a shared machine the other samples
+are the same work plus interference.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numba
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: the best and the median of ``repeats`` samples."""
+
+    best: float
+    median: float
+    repeats: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"best": self.best, "median": self.median, "repeats": self.repeats}
+
+
+def max_threads() -> int:
+    """The largest thread count Numba's pool allows (``NUMBA_NUM_THREADS``)."""
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def set_threads(count: int) -> int:
+    """Use ``count`` threads in Numba and, when installed, in PyTorch; returns ``count``.
+
+    Raises ``ValueError`` outside ``1..max_threads()``.
+    """
+    limit = max_threads()
+    if not 1 <= count <= limit:
+        raise ValueError(f"expected a thread count between 1 and {limit} (NUMBA_NUM_THREADS), got {count}")
+    numba.set_num_threads(count)
+    try:
+        import torch
+    except ImportError:
+        return count
+    torch.set_num_threads(count)
+    return count
+
+
+def _summarise(samples: list[float]) -> Timing:
+    return Timing(best=min(samples), median=statistics.median(samples), repeats=len(samples))
+
+
+def time_host(
+    run: Callable[[], Any], *, min_repeats: int = 3, max_repeats: int = 50, budget: float = 0.25
+) -> Timing:
+    """Time ``run()`` on the host after one warm-up call.
+
+    Samples until ``budget`` seconds are spent (at least ``min_repeats``, at most
+    ``max_repeats``). Calls shorter than ~50 µs are batched into one sample so
+    the clock's resolution and the loop do not dominate.
+    """
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    batch = max(1, int(5e-5 / max(first, 1e-9)))
+    samples: list[float] = []
+    spent = 0.0
+    while len(samples) < min_repeats or (spent < budget and len(samples) < max_repeats):
+        start = time.perf_counter()
+        for _ in range(batch):
+            run()
+        elapsed = time.perf_counter() - start
+        samples.append(elapsed / batch)
+        spent += elapsed
+    return _summarise(samples)
+
+
+def time_cuda(
+    run: Callable[[], Any], *, min_repeats: int = 5, max_repeats: int = 100, budget: float = 0.25
+) -> Timing:
+    """Time ``run()`` on the GPU with CUDA events recorded around each call.
+
+    The events measure the GPU work between them on the default stream, which
+    is where both numba_bn's and PyTorch's kernels are launched here.
+    """
+    from numba import cuda
+
+    run()
+    cuda.synchronize()
+    start, end = cuda.event(), cuda.event()
+    samples: list[float] = []
+    spent = 0.0
+    while len(samples) < min_repeats or (spent < budget and len(samples) < max_repeats):
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        elapsed = cuda.event_elapsed_time(start, end) / 1000.0
+        samples.append(elapsed)
+        spent += elapsed
+    return _summarise(samples)
+
+
+def timer_for(device: str) -> Callable[..., Timing]:
+    """:func:`time_host` for ``"cpu"``, :func:`time_cuda` for ``"cuda"``."""
+    return time_cuda if device == "cuda" else time_host
