@@ -250,3 +250,40 @@ def command_line() -> str:
     if argv and argv[0].endswith("__main__.py"):
         argv[0] = "python -m numba_bn"
     return " ".join(argv)
+
+
+def results_from_pytest_benchmark(data: Mapping[str, Any]) -> list[CaseResult]:
+    """The :class:`CaseResult` rows of a ``--benchmark-json`` file from ``benchmarks/``.
+
+    Benchmarks are matched by the case described in their ``extra_info``;
+    the time of each implementation is pytest-benchmark's ``min``. Cases keep
+    the order in which the file lists them.
+    """
+    grouped: dict[tuple, dict[str, Timing]] = {}
+    for entry in data.get("benchmarks", []):
+        info = entry.get("extra_info", {})
+        if "operation" not in info:
+            continue  # not a case benchmark (e.g. start-up)
+        key = (info["operation"], tuple(info["shape"]), info["layout"], info["dtype"], info.get("device", "cpu"))
+        stats = entry["stats"]
+        grouped.setdefault(key, {})[info["implementation"]] = Timing(
+            best=stats["min"], median=stats["median"], repeats=stats["rounds"]
+        )
+    results = []
+    for (operation, shape, layout, dtype, device), timings in grouped.items():
+        results.append(CaseResult(Case(operation, shape, layout, dtype), device, timings))
+    return results
+
+
+def startup_from_pytest_benchmark(data: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """``{"cold": {...}, "warm": {...}}``: the start-up benchmarks' wall time and in-process figures."""
+    figures = {}
+    for entry in data.get("benchmarks", []):
+        info = entry.get("extra_info", {})
+        if "cache" in info and "import_seconds" in info:
+            figures[info["cache"]] = {
+                "process_seconds": entry["stats"]["min"],
+                "import_seconds": info["import_seconds"],
+                "first_call_seconds": info["first_call_seconds"],
+            }
+    return figures
