@@ -26,6 +26,12 @@ def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json: dict) -> None:
-    """Record the exact command line of the run."""
+    """Record the exact command line of the run; keep the statistics, drop the raw samples.
+
+    The raw per-round samples of ~160 benchmarks make a file of tens of MB;
+    the statistics (min, median, ...) are what the tables use.
+    """
     output_json["command"] = " ".join(["python -m pytest", *config.invocation_params.args])
     output_json["python_executable"] = sys.executable
+    for entry in output_json.get("benchmarks", []):
+        entry.get("stats", {}).pop("data", None)

@@ -66,10 +66,14 @@ def run(shape: Sequence[int] = (32, 64, 28, 28), steps: int = 3) -> float:
     return worst
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="training steps (default 3)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     reason = missing_requirement()
     if reason is not None:
         print(f"gpu_cupy.py needs an NVIDIA GPU and CuPy: {reason}. Nothing to do here.")

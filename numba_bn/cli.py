@@ -164,6 +164,17 @@ def _plot_support_missing() -> bool:
     return importlib.util.find_spec("matplotlib") is None
 
 
+def _cuda_modules_unsupported() -> str | None:
+    """Why ``BatchNorm1d(..., device="cuda")`` cannot be built here, or None when it can."""
+    from . import BatchNorm1d
+
+    try:
+        BatchNorm1d(2, device="cuda")
+    except (ValueError, TypeError) as error:
+        return str(error)
+    return None
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """The ``bench`` command; returns the exit status."""
     from .bench.runner import run_cases, warm_up
@@ -179,6 +190,11 @@ def run_bench(args: argparse.Namespace) -> int:
               "driver found), so --device cuda cannot run. Run without --device for the CPU "
               "benchmark, or see 'python -m numba_bn info'.", file=sys.stderr)
         return 1
+    if args.device == "cuda":
+        reason = _cuda_modules_unsupported()
+        if reason is not None:
+            print(f"numba_bn's modules refuse device='cuda' here: {reason}", file=sys.stderr)
+            return 1
 
     shapes = args.shapes or (bench_cases.QUICK_SHAPES if args.quick else bench_cases.DEFAULT_SHAPES)
     layouts = bench_cases.LAYOUTS if args.layout == "both" else (args.layout,)
@@ -273,11 +289,13 @@ def _cuda_lines() -> list[str]:
 
 
 def run_info() -> int:
+    """The ``info`` command; returns the exit status."""
     print("\n".join(info_lines()))
     return 0
 
 
 def run_startup() -> int:
+    """The ``startup`` command; returns the exit status."""
     from .bench.startup import measure_cold_and_warm
 
     print("timing import + first training step in fresh processes (cold cache first)...", file=sys.stderr)
@@ -289,7 +307,21 @@ def run_startup() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m numba_bn`` and ``numba-bn``; returns the exit status."""
+    """Entry point of ``python -m numba_bn`` and ``numba-bn``.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name; default ``sys.argv[1:]``. With
+        no command, ``bench`` is run.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 1 when the run cannot proceed (no CUDA
+        for ``--device cuda``), 130 when interrupted. Bad arguments exit with
+        status 2 and the usage, through argparse.
+    """
     parser = build_parser()
     args = parser.parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
     try:

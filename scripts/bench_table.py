@@ -5,6 +5,7 @@ Usage::
     python -m pytest benchmarks --benchmark-enable --benchmark-json=bench.json
     python scripts/bench_table.py bench.json                  # print Markdown
     python scripts/bench_table.py bench.json --readme README.md   # replace the README's table
+    python scripts/bench_table.py bench.json --plot bench.png     # also a chart (needs matplotlib)
 
 With ``--readme`` the text between the ``<!-- bench-table:start -->`` and
 ``<!-- bench-table:end -->`` markers is replaced.
@@ -22,8 +23,10 @@ from numba_bn.bench.report import (
     MIN_COPIES,
     footnote,
     format_seconds,
+    MissingDependencyError,
     markdown_table,
     results_from_pytest_benchmark,
+    save_plot,
     startup_from_pytest_benchmark,
 )
 
@@ -76,19 +79,32 @@ def replace_block(text: str, block: str) -> str:
     return pattern.sub(lambda _: f"{START}\n{block}\n{END}", text)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("json_file", type=Path, help="output of --benchmark-json")
     parser.add_argument("--readme", type=Path, help="replace the table between the markers in this file")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="also save a bar chart of the speedups and %% of roofline")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        block = render(json.loads(args.json_file.read_text(encoding="utf-8")))
+        data = json.loads(args.json_file.read_text(encoding="utf-8"))
+        block = render(data)
+        if args.plot is not None:
+            machine = data["machine_info"]["numba_bn"]
+            save_plot(results_from_pytest_benchmark(data), str(args.plot),
+                      title=f"numba_bn vs peers, {machine['cpu']}, {machine['threads']} threads")
+            print(f"saved {args.plot}")
         if args.readme is None:
             print(block)
         else:
             args.readme.write_text(replace_block(args.readme.read_text(encoding="utf-8"), block), encoding="utf-8")
             print(f"updated {args.readme}")
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, MissingDependencyError) as error:
         parser.exit(1, f"bench_table: {error}\n")
     return 0
 

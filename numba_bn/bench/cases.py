@@ -132,7 +132,24 @@ def check_shape(shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    """Parse ``"32x64x56x56"`` into ``(32, 64, 56, 56)``; ``ValueError`` when malformed."""
+    """Parse a shape written as dimensions joined by ``x``.
+
+    Parameters
+    ----------
+    text : str
+        For example ``"32x64x56x56"`` (case and surrounding spaces ignored).
+
+    Returns
+    -------
+    tuple of int
+        ``(32, 64, 56, 56)``.
+
+    Raises
+    ------
+    ValueError
+        When the text is malformed or the shape is not benchmarkable
+        (see :func:`check_shape`); the message names what was given.
+    """
     parts = text.strip().lower().split("x")
     if not all(part.isdigit() for part in parts):
         raise ValueError(f"expected a shape like 32x64x56x56 (positive integers joined by 'x'), got {text!r}")
@@ -140,7 +157,22 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def parse_shapes(text: str) -> tuple[tuple[int, ...], ...]:
-    """Parse a comma-separated list of shapes, ``"32x64x56x56,64x128"``."""
+    """Parse a comma-separated list of shapes.
+
+    Parameters
+    ----------
+    text : str
+        For example ``"32x64x56x56,64x128"``.
+
+    Returns
+    -------
+    tuple of tuple of int
+
+    Raises
+    ------
+    ValueError
+        When the list is empty or any shape is malformed.
+    """
     items = [item for item in text.split(",") if item.strip()]
     if not items:
         raise ValueError(f"expected one or more shapes like 32x64x56x56,64x128, got {text!r}")
@@ -153,7 +185,24 @@ def build_cases(
     layouts: Iterable[str] = LAYOUTS,
     dtype: str = "float32",
 ) -> list[Case]:
-    """Every (shape, layout, operation); channels-last only where it differs (3+ dimensions)."""
+    """Every combination of shape, layout and operation, in that nesting order.
+
+    Parameters
+    ----------
+    shapes : iterable of sequences of int
+        Shapes in ``(N, C, ...)`` order.
+    operations : iterable of str
+        A subset of :data:`OPERATIONS`.
+    layouts : iterable of str
+        A subset of :data:`LAYOUTS`; channels-last is left out for 2-D shapes,
+        where it is the same as channels-first.
+    dtype : str
+        One of :data:`DTYPES`.
+
+    Returns
+    -------
+    list of Case
+    """
     operations, layouts = tuple(operations), tuple(layouts)
     cases = []
     for shape in shapes:
@@ -170,6 +219,19 @@ def make_case_data(case: Case, seed: int = 0) -> CaseData:
 
     The input has a non-zero mean and non-unit spread per channel and the
     running buffers are not the identity, so every term of the formulas counts.
+
+    Parameters
+    ----------
+    case : Case
+        Gives the stored shape and the dtype.
+    seed : int
+        Seed of the random generator (the same seed gives the same arrays).
+
+    Returns
+    -------
+    CaseData
+        ``x`` and ``grad_output`` in the case's dtype and storage layout;
+        parameters and buffers in float32 for float16 data, else the data's dtype.
     """
     rng = np.random.default_rng(seed)
     dtype = np.dtype(case.dtype)

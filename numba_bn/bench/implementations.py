@@ -322,7 +322,24 @@ DEVICES: tuple[str, ...] = tuple(IMPLEMENTATIONS)
 
 
 def implementations(device: str = "cpu", available_only: bool = True) -> list[Implementation]:
-    """The implementations for ``device``, in table order; by default only the usable ones."""
+    """The implementations for ``device``, in table order.
+
+    Parameters
+    ----------
+    device : {"cpu", "cuda"}
+    available_only : bool
+        Leave out those whose packages are missing or whose device is unusable.
+
+    Returns
+    -------
+    list of Implementation
+        numba_bn first, the copy roofline last.
+
+    Raises
+    ------
+    ValueError
+        For an unknown device.
+    """
     if device not in IMPLEMENTATIONS:
         raise ValueError(f"expected device in {list(DEVICES)}, got {device!r}")
     table = IMPLEMENTATIONS[device].values()

@@ -37,6 +37,7 @@ class CaseResult:
     timings: Mapping[str, Timing] = field(default_factory=dict)
 
     def best(self, implementation: str) -> float | None:
+        """Best seconds per call of ``implementation`` (None when it did not run)."""
         timing = self.timings.get(implementation)
         return None if timing is None else timing.best
 
@@ -50,6 +51,7 @@ class CaseResult:
         return self.speedup(ROOFLINE)
 
     def as_dict(self) -> dict[str, Any]:
+        """The case, its timings, speedups and roofline fraction, for JSON."""
         case = self.case
         return {
             "operation": case.operation, "shape": list(case.shape), "layout": case.layout,
@@ -81,10 +83,12 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def format_ratio(value: float | None) -> str:
+    """``2.3456`` as ``2.35x``; ``-`` when missing."""
     return "-" if value is None else f"{value:.2f}x"
 
 
 def format_percent(value: float | None) -> str:
+    """``0.456`` as ``46%``; ``-`` when missing."""
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
@@ -102,7 +106,17 @@ def _rows(results: Sequence[CaseResult], peers: Sequence[str], with_times: bool)
 
 
 def format_text_table(results: Sequence[CaseResult]) -> str:
-    """A fixed-width table for the terminal: times, speedups and % of the copy roofline."""
+    """A fixed-width table for the terminal: times, speedups and % of the copy roofline.
+
+    Parameters
+    ----------
+    results : sequence of CaseResult
+
+    Returns
+    -------
+    str
+        A header, a rule and one line per result.
+    """
     peers = peers_in(results)
     header = ["operation", "shape", "layout", OURS, *peers, ROOFLINE]
     header += [f"vs {name}" for name in peers] + ["% copy"]
@@ -119,7 +133,17 @@ def format_text_table(results: Sequence[CaseResult]) -> str:
 
 
 def markdown_table(results: Sequence[CaseResult]) -> str:
-    """The README's table: numba_bn's time, speedups over each peer, % of the copy roofline."""
+    """The README's table: numba_bn's time, speedups over each peer, % of the copy roofline.
+
+    Parameters
+    ----------
+    results : sequence of CaseResult
+
+    Returns
+    -------
+    str
+        A Markdown table, one row per result.
+    """
     peers = peers_in(results)
     header = ["operation", "shape (N, C, ...)", "layout", "numba_bn"]
     header += [f"vs {PEER_LABELS.get(name, name)}" for name in peers] + ["% of copy"]
@@ -143,7 +167,20 @@ def cpu_model() -> str:
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
-    """CPU, core count, thread count and the versions that matter for the figures."""
+    """CPU, core count, thread count and the versions that matter for the figures.
+
+    Parameters
+    ----------
+    threads : int, optional
+        The thread count the figures used; default Numba's current one.
+
+    Returns
+    -------
+    dict
+        Keys ``cpu``, ``logical_cpus``, ``threads``, ``platform``, ``python``,
+        ``numpy``, ``numba``, ``numba_bn``, ``torch`` (None when missing) and
+        ``threading_layer`` (None before any parallel kernel ran).
+    """
     import numba
     import numpy
 
@@ -174,7 +211,19 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
 
 
 def footnote(machine: Mapping[str, Any], command: str) -> str:
-    """One paragraph naming the machine, threads, versions and the exact command."""
+    """One paragraph naming the machine, threads, versions and the exact command.
+
+    Parameters
+    ----------
+    machine : mapping
+        As returned by :func:`machine_info`.
+    command : str
+        The command line that produced the figures.
+
+    Returns
+    -------
+    str
+    """
     torch = machine.get("torch")
     versions = (
         f"Python {machine['python']}, NumPy {machine['numpy']}, Numba {machine['numba']}"
@@ -200,8 +249,18 @@ class MissingDependencyError(ImportError):
 def save_plot(results: Sequence[CaseResult], path: str, title: str = "numba_bn benchmark") -> None:
     """A bar chart of the speedups over each peer and of the % of the copy roofline.
 
-    Needs matplotlib (``pip install matplotlib``); raises
-    :class:`MissingDependencyError` with that advice when it is missing.
+    Parameters
+    ----------
+    results : sequence of CaseResult
+    path : str
+        Where to write the PNG.
+    title : str
+        The figure's title.
+
+    Raises
+    ------
+    MissingDependencyError
+        When matplotlib is not installed (the message says how to install it).
     """
     try:
         import matplotlib
@@ -258,6 +317,15 @@ def results_from_pytest_benchmark(data: Mapping[str, Any]) -> list[CaseResult]:
     Benchmarks are matched by the case described in their ``extra_info``;
     the time of each implementation is pytest-benchmark's ``min``. Cases keep
     the order in which the file lists them.
+
+    Parameters
+    ----------
+    data : mapping
+        The parsed JSON file.
+
+    Returns
+    -------
+    list of CaseResult
     """
     grouped: dict[tuple, dict[str, Timing]] = {}
     for entry in data.get("benchmarks", []):

@@ -16,6 +16,11 @@ def warm_up(cases: Sequence[Case], device: str = "cpu") -> None:
 
     Runs each operation once on a tiny array of each kind, so no compilation
     lands inside a timed call.
+
+    Parameters
+    ----------
+    cases : sequence of Case
+    device : {"cpu", "cuda"}
     """
     ours = implementations(device)[0]
     assert ours.name == OURS
@@ -35,10 +40,28 @@ def run_cases(
     budget: float = 0.25,
     min_repeats: int = 3,
 ) -> list[CaseResult]:
-    """Time every implementation of every case; ``budget`` seconds of samples per timing.
+    """Time every implementation of every case.
 
     All implementations of a case run on the same arrays, one after another,
     so they see the same cache and thread state.
+
+    Parameters
+    ----------
+    cases : sequence of Case
+    device : {"cpu", "cuda"}
+    chosen : sequence of Implementation, optional
+        Default: every available implementation for ``device``.
+    progress : ProgressBar, optional
+        Advanced by one step per case.
+    budget : float
+        Seconds of samples per implementation and case.
+    min_repeats : int
+        Samples taken whatever the budget.
+
+    Returns
+    -------
+    list of CaseResult
+        One per case, in order.
     """
     chosen = implementations(device) if chosen is None else list(chosen)
     timer = timer_for(device)

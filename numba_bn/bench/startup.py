@@ -45,6 +45,7 @@ class StartupTiming:
 
     @property
     def total(self) -> float:
+        """Import plus first call, in seconds."""
         return self.import_seconds + self.first_call_seconds
 
 
@@ -58,7 +59,26 @@ def _child_environment(cache_dir: str) -> dict[str, str]:
 
 
 def measure_startup(cache_dir: str, python: str = sys.executable, timeout: float = 600) -> StartupTiming:
-    """Run the child once with ``NUMBA_CACHE_DIR=cache_dir`` and return its timings."""
+    """Run the child once with ``NUMBA_CACHE_DIR=cache_dir`` and return its timings.
+
+    Parameters
+    ----------
+    cache_dir : str
+        The kernel cache directory of the child: empty for a cold start.
+    python : str
+        The interpreter to start (default: this one).
+    timeout : float
+        Seconds before the child is killed.
+
+    Returns
+    -------
+    StartupTiming
+
+    Raises
+    ------
+    RuntimeError
+        When the child fails; the message holds its stderr.
+    """
     completed = subprocess.run(
         [python, "-c", _CHILD], env=_child_environment(cache_dir), capture_output=True,
         text=True, timeout=timeout, check=False,

@@ -25,6 +25,7 @@ class Timing:
     repeats: int
 
     def as_dict(self) -> dict[str, float]:
+        """``{"best": ..., "median": ..., "repeats": ...}`` for JSON."""
         return {"best": self.best, "median": self.median, "repeats": self.repeats}
 
 
@@ -34,9 +35,22 @@ def max_threads() -> int:
 
 
 def set_threads(count: int) -> int:
-    """Use ``count`` threads in Numba and, when installed, in PyTorch; returns ``count``.
+    """Use ``count`` threads in Numba and, when installed, in PyTorch.
 
-    Raises ``ValueError`` outside ``1..max_threads()``.
+    Parameters
+    ----------
+    count : int
+        Between 1 and :func:`max_threads`.
+
+    Returns
+    -------
+    int
+        ``count``.
+
+    Raises
+    ------
+    ValueError
+        Outside ``1..max_threads()``; nothing is changed then.
     """
     limit = max_threads()
     if not 1 <= count <= limit:
@@ -59,9 +73,23 @@ def time_host(
 ) -> Timing:
     """Time ``run()`` on the host after one warm-up call.
 
-    Samples until ``budget`` seconds are spent (at least ``min_repeats``, at most
-    ``max_repeats``). Calls shorter than ~50 µs are batched into one sample so
-    the clock's resolution and the loop do not dominate.
+    Calls shorter than ~50 µs are batched into one sample so the clock's
+    resolution and the loop do not dominate.
+
+    Parameters
+    ----------
+    run : callable
+        Called with no arguments.
+    min_repeats, max_repeats : int
+        Bounds on the number of samples.
+    budget : float
+        Seconds of sampling after which no new sample starts (once
+        ``min_repeats`` are taken).
+
+    Returns
+    -------
+    Timing
+        Seconds per call.
     """
     start = time.perf_counter()
     run()
@@ -86,6 +114,20 @@ def time_cuda(
 
     The events measure the GPU work between them on the default stream, which
     is where both numba_bn's and PyTorch's kernels are launched here.
+
+    Parameters
+    ----------
+    run : callable
+        Launches the GPU work; called with no arguments.
+    min_repeats, max_repeats : int
+        Bounds on the number of samples.
+    budget : float
+        GPU seconds of sampling after which no new sample starts.
+
+    Returns
+    -------
+    Timing
+        Seconds per call, from ``numba.cuda.event_elapsed_time``.
     """
     from numba import cuda
 
