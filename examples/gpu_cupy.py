@@ -67,12 +67,14 @@ def run(shape: Sequence[int] = (32, 64, 28, 28), steps: int = 3) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The example's command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="training steps (default 3)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the example where possible; returns the exit status (0 also when skipped)."""
     args = build_parser().parse_args(argv)
     reason = missing_requirement()
     if reason is not None:

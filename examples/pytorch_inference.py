@@ -21,12 +21,13 @@ import argparse
 import importlib.util
 import tempfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, TypeVar
 
 import numpy as np
 
 import numba_bn as nbn
 
+ModuleT = TypeVar("ModuleT", nbn.BatchNorm1d, nbn.BatchNorm2d, nbn.BatchNorm3d)
 SHIPPED = Path(__file__).resolve().parent / "data" / "bn_model.npz"
 CHANNELS, FEATURES, CLASSES = 8, 16, 4
 #: Keys of the sample stored beside the parameters in an exported file.
@@ -36,7 +37,7 @@ SAMPLE_INPUT, SAMPLE_OUTPUT = "sample.images_nhwc", "sample.torch_output"
 # ------------------------------------------------------------- PyTorch side
 
 
-def torch_model(seed: int = 0):
+def torch_model(seed: int = 0) -> "torch.nn.Sequential":
     """The PyTorch network, trained for a few steps on random data (so running stats move)."""
     import torch
     from torch import nn
@@ -81,7 +82,7 @@ def export(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------- NumPy side
 
 
-def batch_norm_from_state(module, state: Mapping[str, np.ndarray], prefix: str):
+def batch_norm_from_state(module: ModuleT, state: Mapping[str, np.ndarray], prefix: str) -> ModuleT:
     """Fill a numba_bn module from the entries of a PyTorch state_dict under ``prefix``."""
     module.load_state_dict({key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)})
     return module.eval()
@@ -105,6 +106,7 @@ class NumPyNetwork:
 
 
 def load_state(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, by key."""
     with np.load(path) as archive:
         return {key: archive[key] for key in archive.files}
 
@@ -132,6 +134,7 @@ def run(use_torch: bool, seed: int = 0, reason: str = "") -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The example's command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-torch", action="store_true",
                         help="use the shipped .npz even when PyTorch is installed")
@@ -142,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> float:
+    """Run the example; returns the largest difference from PyTorch's outputs (0 for ``--export``)."""
     args = build_parser().parse_args(argv)
     has_torch = importlib.util.find_spec("torch") is not None
     if args.export is not None:

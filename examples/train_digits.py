@@ -18,9 +18,10 @@ optionally matplotlib (for the plot of the loss curves).
 
 from __future__ import annotations
 
+import abc
 import argparse
 import time
-from typing import Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -31,11 +32,27 @@ DTYPE = np.float32
 
 
 # ------------------------------------------------------------------- layers
-# Each layer has forward(x) and backward(grad_output) -> grad_input, and lists
-# its (parameter, gradient attribute) pairs for the optimiser.
+
+Parameter = Tuple[object, str, str]  # (owner, parameter attribute, gradient attribute)
 
 
-class Linear:
+class Layer(abc.ABC):
+    """A layer: ``forward`` caches what ``backward`` needs; ``parameters`` lists what SGD updates."""
+
+    @abc.abstractmethod
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The layer's output for a batch ``x``."""
+
+    @abc.abstractmethod
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """Gradient w.r.t. the last forward's input; sets the parameters' gradients."""
+
+    def parameters(self) -> List[Parameter]:
+        """``(owner, name, gradient name)`` of each trainable array (none by default)."""
+        return []
+
+
+class Linear(Layer):
     """``y = x @ weight + bias``; ``bias=False`` when a BatchNorm follows (its shift replaces it)."""
 
     def __init__(self, fan_in: int, fan_out: int, rng: np.random.Generator, bias: bool = True) -> None:
@@ -55,11 +72,11 @@ class Linear:
             self.grad_bias = grad_output.sum(axis=0)
         return grad_output @ self.weight.T
 
-    def parameters(self):
+    def parameters(self) -> List[Parameter]:
         return [(self, "weight", "grad_weight")] + ([(self, "bias", "grad_bias")] if self.bias is not None else [])
 
 
-class Conv2d:
+class Conv2d(Layer):
     """3x3 convolution, stride 1, zero padding 1, on channels-last images, by im2col."""
 
     def __init__(self, in_channels: int, out_channels: int, rng: np.random.Generator, size: int = 3) -> None:
@@ -92,11 +109,11 @@ class Conv2d:
                 grad_padded[:, i:i + h, j:j + w, :] += grad_columns[..., i, j]
         return grad_padded[:, pad:pad + h, pad:pad + w, :]
 
-    def parameters(self):
+    def parameters(self) -> List[Parameter]:
         return [(self, "weight", "grad_weight")]
 
 
-class BatchNorm:
+class BatchNorm(Layer):
     """A numba_bn module as a layer: ``train``/``eval`` follow the model's mode."""
 
     def __init__(self, module) -> None:
@@ -108,73 +125,69 @@ class BatchNorm:
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         return self.module.backward(np.ascontiguousarray(grad_output))
 
-    def parameters(self):
+    def parameters(self) -> List[Parameter]:
         return [(self.module, "weight", "grad_weight"), (self.module, "bias", "grad_bias")]
 
 
-class Sigmoid:
-    def forward(self, x):
+class Sigmoid(Layer):
+    """The logistic function, elementwise."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._y = 1.0 / (1.0 + np.exp(-x))
         return self._y
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
         return grad_output * self._y * (1.0 - self._y)
 
-    def parameters(self):
-        return []
 
+class ReLU(Layer):
+    """``max(x, 0)``, elementwise."""
 
-class ReLU:
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._mask = x > 0
         return x * self._mask
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
         return grad_output * self._mask
 
-    def parameters(self):
-        return []
 
-
-class AvgPool2:
+class AvgPool2(Layer):
     """2x2 average pooling on channels-last images."""
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         n, h, w, c = x.shape
         return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
         return np.repeat(np.repeat(grad_output, 2, axis=1), 2, axis=2) / DTYPE(4)
 
-    def parameters(self):
-        return []
 
+class Flatten(Layer):
+    """``(N, ...)`` to ``(N, features)``."""
 
-class Flatten:
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._shape = x.shape
         return x.reshape(len(x), -1)
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
         return grad_output.reshape(self._shape)
-
-    def parameters(self):
-        return []
 
 
 class Model:
     """A stack of layers with a softmax cross-entropy loss."""
 
-    def __init__(self, layers) -> None:
+    def __init__(self, layers: List[Layer]) -> None:
         self.layers = layers
 
     def train(self, mode: bool = True) -> "Model":
+        """Training mode (batch statistics) or, with ``mode=False``, evaluation mode."""
         for layer in self.layers:
             if isinstance(layer, BatchNorm):
                 layer.module.train(mode)
         return self
 
     def logits(self, x: np.ndarray) -> np.ndarray:
+        """The network's output before the softmax."""
         for layer in self.layers:
             x = layer.forward(x)
         return x
@@ -193,11 +206,13 @@ class Model:
         return float(loss)
 
     def sgd_step(self, learning_rate: float) -> None:
+        """``parameter -= learning_rate * gradient`` for every parameter, in place."""
         for layer in self.layers:
             for owner, name, grad_name in layer.parameters():
                 getattr(owner, name)[...] -= learning_rate * getattr(owner, grad_name)
 
     def accuracy(self, x: np.ndarray, labels: np.ndarray) -> float:
+        """Fraction of correct predictions, in evaluation mode."""
         self.train(False)
         accuracy = float((self.logits(x).argmax(axis=1) == labels).mean())
         self.train(True)
@@ -240,7 +255,7 @@ MODELS = {"mlp": mlp, "cnn": cnn}
 # ----------------------------------------------------------------- training
 
 
-def load_digits_split(seed: int):
+def load_digits_split(seed: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits scaled to [0, 1], split 80/20 into train and test."""
     try:
         from sklearn.datasets import load_digits
@@ -259,7 +274,8 @@ def model_input(name: str, images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1) if name == "mlp" else images[..., None]
 
 
-def train(name: str, batch_norm: bool, data, epochs: int, batch_size: int, learning_rate: float, seed: int):
+def train(name: str, batch_norm: bool, data: Tuple[np.ndarray, ...], epochs: int, batch_size: int,
+          learning_rate: float, seed: int) -> dict:
     """Train one model; returns its per-step losses, per-epoch test accuracies and the time taken."""
     train_images, train_labels, test_images, test_labels = data
     rng = np.random.default_rng(seed)
@@ -308,6 +324,7 @@ def save_plot(results: dict, path: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The example's command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=10, help="passes over the training set (default 10)")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per SGD step (default 32)")

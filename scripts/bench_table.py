@@ -80,6 +80,7 @@ def replace_block(text: str, block: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The script's command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("json_file", type=Path, help="output of --benchmark-json")
     parser.add_argument("--readme", type=Path, help="replace the table between the markers in this file")
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the tables, or write them into a README; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
