@@ -1,7 +1,8 @@
 """The README's code blocks work.
 
 Rule: every ```python block is executed (each in a fresh namespace, in an
-empty working directory). Every ```bash block must parse (``bash -n``) and
+empty working directory); a block that uses the GPU (it mentions ``cuda``)
+only where CUDA is available. Every ```bash block must parse (``bash -n``) and
 every command in it must be one of the kinds checked here, against the
 project's real files and parsers:
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from numba_bn import cli
+from numba_bn.bench.implementations import cuda_available
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -44,6 +46,8 @@ def test_readme_has_blocks_of_both_kinds():
 
 @pytest.mark.parametrize("code", PYTHON_BLOCKS, ids=lambda code: code.splitlines()[-1][:40])
 def test_python_block_runs(code, tmp_path, monkeypatch):
+    if "cuda" in code and not cuda_available():
+        pytest.skip("this block needs a CUDA GPU")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
 
