@@ -55,6 +55,20 @@ def test_matches_reference(case, dtype, implementation):
     np.testing.assert_array_equal(data.x, x_before)
 
 
+@pytest.mark.parametrize("implementation", CPU, ids=lambda impl: impl.name)
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_float16_channels_longer_than_float16_sums(operation, implementation):
+    """65536 values per channel: float16 accumulators would overflow (max 65504)."""
+    case = Case(operation, (64, 2, 32, 32), dtype="float16")
+    data = make_case_data(case)
+    prepared = implementation.prepare(case, data)
+    outputs = prepared.collect(prepared.run())
+    for name, reference in expected_outputs(case, data).items():
+        scale = np.abs(reference).max() + 1
+        np.testing.assert_allclose(outputs[name].astype(np.float64), reference, rtol=0,
+                                   atol=TOLERANCE["float16"] * scale, err_msg=f"{implementation.name} {name}")
+
+
 def test_copy_roofline_copies():
     case = Case("eval_forward", (4, 3, 5, 5))
     data = make_case_data(case)

@@ -170,13 +170,15 @@ def _prepare_numpy(case: Case, data: CaseData) -> Prepared:
     count = _count(case)
     x, grad_output = data.x, data.grad_output
     weight, bias = data.weight.reshape(per_channel), data.bias.reshape(per_channel)
+    # float16 sums of a channel overflow past 65504: accumulate in float32, as a user must.
+    accumulate = np.float32 if x.dtype == np.float16 else None
 
     if case.operation == "train_forward":
         running_mean, running_var = data.running_mean.copy(), data.running_var.copy()
 
         def run():
-            mean = x.mean(axis=axes, keepdims=True)
-            var = x.var(axis=axes, keepdims=True)
+            mean = x.mean(axis=axes, keepdims=True, dtype=accumulate)
+            var = x.var(axis=axes, keepdims=True, dtype=accumulate)
             y = ((x - mean) / np.sqrt(var + EPS) * weight + bias).astype(x.dtype, copy=False)
             running_mean[...] = (1 - MOMENTUM) * running_mean + MOMENTUM * mean.ravel()
             running_var[...] = (1 - MOMENTUM) * running_var + MOMENTUM * var.ravel() * count / (count - 1)
@@ -188,14 +190,14 @@ def _prepare_numpy(case: Case, data: CaseData) -> Prepared:
             return {"y": ((x - mean) / np.sqrt(var + EPS) * weight + bias).astype(x.dtype, copy=False)}
     else:
         # What a forward saves for its backward, as PyTorch's native_batch_norm does.
-        mean = x.mean(axis=axes, keepdims=True)
-        invstd = 1 / np.sqrt(x.var(axis=axes, keepdims=True) + EPS)
+        mean = x.mean(axis=axes, keepdims=True, dtype=accumulate)
+        invstd = 1 / np.sqrt(x.var(axis=axes, keepdims=True, dtype=accumulate) + EPS)
 
         def run():
             xhat = (x - mean) * invstd
-            grad_bias = grad_output.sum(axis=axes, keepdims=True)
+            grad_bias = grad_output.sum(axis=axes, keepdims=True, dtype=accumulate)
             grad_weight = (grad_output * xhat).sum(axis=axes, keepdims=True)
-            grad_input = weight * invstd / count * (count * grad_output - grad_bias - xhat * grad_weight)
+            grad_input = weight * invstd * (grad_output - grad_bias / count - xhat * (grad_weight / count))
             return {"grad_input": grad_input.astype(x.dtype, copy=False),
                     "grad_weight": grad_weight.ravel(), "grad_bias": grad_bias.ravel()}
 
