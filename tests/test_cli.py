@@ -180,3 +180,51 @@ def test_bench_table_script_renders_a_real_benchmark_run(tmp_path):
     assert bench_table.main([str(path), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "old table" not in text and block in text and text.endswith("after\n")
+
+
+def test_time_host_measures_and_batches_short_calls():
+    import time
+
+    from numba_bn.bench.timing import time_host
+
+    timing = time_host(lambda: time.sleep(0.002), budget=0.01)
+    assert 0.002 <= timing.best <= timing.median and timing.repeats >= 3
+    calls = []
+    fast = time_host(lambda: calls.append(None), min_repeats=3, max_repeats=3, budget=0)
+    # One warm-up call, then 3 samples of one or more calls each (short calls are batched).
+    assert fast.repeats == 3 and len(calls) >= 4 and (len(calls) - 1) % 3 == 0
+    assert fast.best <= fast.median < 1e-3
+
+
+def test_set_threads_rejects_out_of_range_and_changes_nothing():
+    import numba
+
+    from numba_bn.bench.timing import max_threads, set_threads
+
+    before = numba.get_num_threads()
+    for bad in (0, max_threads() + 1):
+        with pytest.raises(ValueError, match=f"got {bad}"):
+            set_threads(bad)
+        assert numba.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"operation": "sideways_forward", "shape": (4, 3)}, "operation"),
+        ({"operation": "train_forward", "shape": (4, 3), "layout": "nhwc"}, "layout"),
+        ({"operation": "train_forward", "shape": (4, 3), "dtype": "int8"}, "dtype"),
+        ({"operation": "train_forward", "shape": (4, 3), "layout": "channels_last"}, "3 or more"),
+        ({"operation": "train_forward", "shape": (1, 3)}, "at least 2 values per channel"),
+    ],
+)
+def test_case_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cases.Case(**kwargs)
+
+
+def test_channels_last_case_stores_channels_last():
+    case = cases.Case("eval_forward", (2, 3, 4, 5), cases.CHANNELS_LAST)
+    data = cases.make_case_data(case)
+    assert data.x.shape == case.storage_shape == (2, 4, 5, 3) and case.channel_axis == -1
+    assert data.weight.shape == (3,) and case.nbytes == data.x.nbytes
