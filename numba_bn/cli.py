@@ -164,6 +164,12 @@ def _plot_support_missing() -> bool:
     return importlib.util.find_spec("matplotlib") is None
 
 
+def _cuda_simulated() -> bool:
+    import numba
+
+    return bool(numba.config.ENABLE_CUDASIM)
+
+
 def _cuda_modules_unsupported() -> str | None:
     """Why ``BatchNorm1d(..., device="cuda")`` cannot be built here, or None when it can."""
     from . import BatchNorm1d
@@ -185,6 +191,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.plot and _plot_support_missing():
         parser.error("--plot needs matplotlib, which is not installed: pip install matplotlib "
                      "(or pip install 'numba_bn[plot]')")
+    if args.device == "cuda" and _cuda_simulated():
+        print("--device cuda times real GPUs with CUDA events; the CUDA simulator "
+              "(NUMBA_ENABLE_CUDASIM=1) cannot be timed. Unset NUMBA_ENABLE_CUDASIM.", file=sys.stderr)
+        return 1
     if args.device == "cuda" and not cuda_available():
         print("CUDA is not available here (numba.cuda.is_available() is False: no NVIDIA GPU or "
               "driver found), so --device cuda cannot run. Run without --device for the CPU "
@@ -280,12 +290,15 @@ def info_lines() -> list[str]:
 def _cuda_lines() -> list[str]:
     if not cuda_available():
         return ["cuda: not available (no NVIDIA GPU or driver found by numba.cuda)"]
+    import numba
     from numba import cuda
 
+    if numba.config.ENABLE_CUDASIM:
+        return ["cuda: the CUDA simulator (NUMBA_ENABLE_CUDASIM=1): kernels run on the CPU, no timings"]
     device = cuda.get_current_device()
     name = device.name.decode() if isinstance(device.name, bytes) else device.name
-    return [f"cuda: available, device {device.id}: {name} "
-            f"(compute capability {'.'.join(map(str, device.compute_capability))})"]
+    capability = ".".join(map(str, device.compute_capability))
+    return [f"cuda: available, device {device.id}: {name} (compute capability {capability})"]
 
 
 def run_info() -> int:

@@ -228,3 +228,13 @@ def test_channels_last_case_stores_channels_last():
     data = cases.make_case_data(case)
     assert data.x.shape == case.storage_shape == (2, 4, 5, 3) and case.channel_axis == -1
     assert data.weight.shape == (3,) and case.nbytes == data.x.nbytes
+
+
+def test_cuda_simulator_is_refused_with_a_message():
+    import os
+
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    completed = subprocess.run([sys.executable, "-m", "numba_bn", "--device", "cuda", "--quick"], cwd=ROOT,
+                               env=env, capture_output=True, text=True, check=False)
+    assert completed.returncode == 1
+    assert "simulator" in completed.stderr and "Traceback" not in completed.stderr
