@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from .cases import Case
+from .cases import OPERATIONS, Case
 from .implementations import OURS, ROOFLINE
 from .timing import Timing
 
@@ -311,7 +311,10 @@ def command_line() -> str:
     return " ".join(argv)
 
 
-def results_from_pytest_benchmark(data: Mapping[str, Any]) -> list[CaseResult]:
+_CASE_KEYS = ("operation", "shape", "layout", "dtype", "implementation")
+
+
+def results_from_pytest_benchmark(data: Mapping[str, Any], device: str = "cpu") -> list[CaseResult]:
     """The :class:`CaseResult` rows of a ``--benchmark-json`` file from ``benchmarks/``.
 
     Benchmarks are matched by the case described in their ``extra_info``;
@@ -322,6 +325,10 @@ def results_from_pytest_benchmark(data: Mapping[str, Any]) -> list[CaseResult]:
     ----------
     data : mapping
         The parsed JSON file.
+    device : str
+        Keep the benchmarks of this device (``extra_info["device"]``, "cpu"
+        when absent); other benchmarks, and those that do not describe a
+        case of :mod:`numba_bn.bench.cases`, are left out.
 
     Returns
     -------
@@ -330,9 +337,11 @@ def results_from_pytest_benchmark(data: Mapping[str, Any]) -> list[CaseResult]:
     grouped: dict[tuple, dict[str, Timing]] = {}
     for entry in data.get("benchmarks", []):
         info = entry.get("extra_info", {})
-        if "operation" not in info:
-            continue  # not a case benchmark (e.g. start-up)
-        key = (info["operation"], tuple(info["shape"]), info["layout"], info["dtype"], info.get("device", "cpu"))
+        if not all(key in info for key in _CASE_KEYS) or info.get("device", "cpu") != device:
+            continue  # start-up, another device, or not one of the cases
+        if info["operation"] not in OPERATIONS:
+            continue
+        key = (info["operation"], tuple(info["shape"]), info["layout"], info["dtype"], device)
         stats = entry["stats"]
         grouped.setdefault(key, {})[info["implementation"]] = Timing(
             best=stats["min"], median=stats["median"], repeats=stats["rounds"]
