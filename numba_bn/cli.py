@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="time numba_bn against its peers (default)",
         description="Time numba_bn, PyTorch (if installed), plain NumPy and an np.copyto of the same "
                     "size on each case, then print speedups (peer time / numba_bn time) and "
-                    "numba_bn's %% of the copy roofline.",
+                    "numba_bn's % of the copy roofline.",
     )
     bench.add_argument("--quick", action="store_true",
                        help="a seconds-long run: a few shapes, short timing budget")
