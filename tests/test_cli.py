@@ -238,3 +238,16 @@ def test_cuda_simulator_is_refused_with_a_message():
                                env=env, capture_output=True, text=True, check=False)
     assert completed.returncode == 1
     assert "simulator" in completed.stderr and "Traceback" not in completed.stderr
+
+
+def test_host_timings_are_interleaved():
+    from itertools import groupby
+
+    from numba_bn.bench.timing import time_host_interleaved
+
+    calls = []
+    timings = time_host_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                    min_repeats=3, max_repeats=3, budget=0)
+    assert [timing.repeats for timing in timings.values()] == [3, 3]
+    # Warm-up a, warm-up b, then one sample (of one or more calls) of each in turn.
+    assert [name for name, _ in groupby(calls)] == ["a", "b"] * 4

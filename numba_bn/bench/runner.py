@@ -8,7 +8,7 @@ from .cases import OPERATIONS, Case, make_case_data
 from .implementations import OURS, Implementation, implementations
 from .progress import ProgressBar
 from .report import CaseResult
-from .timing import timer_for
+from .timing import time_all
 
 
 def warm_up(cases: Sequence[Case], device: str = "cpu") -> None:
@@ -42,8 +42,8 @@ def run_cases(
 ) -> list[CaseResult]:
     """Time every implementation of every case.
 
-    All implementations of a case run on the same arrays, one after another,
-    so they see the same cache and thread state.
+    All implementations of a case run on the same arrays; on the host their
+    samples are taken in turn, so they share whatever else the machine does.
 
     Parameters
     ----------
@@ -64,16 +64,13 @@ def run_cases(
         One per case, in order.
     """
     chosen = implementations(device) if chosen is None else list(chosen)
-    timer = timer_for(device)
     results = []
     for case in cases:
         if progress is not None:
             progress.update(case.name)
         data = make_case_data(case)
-        timings = {}
-        for implementation in chosen:
-            prepared = implementation.prepare(case, data)
-            timings[implementation.name] = timer(prepared.run, budget=budget, min_repeats=min_repeats)
+        runs = {implementation.name: implementation.prepare(case, data).run for implementation in chosen}
+        timings = time_all(runs, device, min_repeats=min_repeats, budget=budget)
         results.append(CaseResult(case, device, timings))
         if progress is not None:
             progress.update(case.name, advance=1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numba
 
@@ -91,20 +91,61 @@ def time_host(
     Timing
         Seconds per call.
     """
-    start = time.perf_counter()
-    run()
-    first = time.perf_counter() - start
-    batch = max(1, int(5e-5 / max(first, 1e-9)))
-    samples: list[float] = []
-    spent = 0.0
-    while len(samples) < min_repeats or (spent < budget and len(samples) < max_repeats):
+    return time_host_interleaved({"run": run}, min_repeats=min_repeats, max_repeats=max_repeats,
+                                 budget=budget)["run"]
+
+
+def time_host_interleaved(
+    runs: Mapping[str, Callable[[], Any]], *, min_repeats: int = 3, max_repeats: int = 50,
+    budget: float = 0.25,
+) -> dict[str, Timing]:
+    """Time several callables on the host, taking their samples in turn.
+
+    Round-robin sampling gives every implementation the same share of
+    whatever else the machine is doing while they are measured, so their
+    ratios stay meaningful on a shared machine. Each callable gets one
+    warm-up call; calls shorter than ~50 µs are batched into one sample.
+
+    Parameters
+    ----------
+    runs : mapping of str to callable
+        The callables, by name; each is called with no arguments.
+    min_repeats, max_repeats : int
+        Bounds on the number of samples of each.
+    budget : float
+        Seconds of sampling per callable after which it takes no new sample
+        (once it has ``min_repeats``).
+
+    Returns
+    -------
+    dict of str to Timing
+        Seconds per call, by name.
+    """
+    batches = {}
+    for name, run in runs.items():
         start = time.perf_counter()
-        for _ in range(batch):
-            run()
-        elapsed = time.perf_counter() - start
-        samples.append(elapsed / batch)
-        spent += elapsed
-    return _summarise(samples)
+        run()
+        first = time.perf_counter() - start
+        batches[name] = max(1, int(5e-5 / max(first, 1e-9)))
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    spent = dict.fromkeys(runs, 0.0)
+
+    def wants_more(name: str) -> bool:
+        taken = len(samples[name])
+        return taken < min_repeats or (spent[name] < budget and taken < max_repeats)
+
+    while any(wants_more(name) for name in runs):
+        for name, run in runs.items():
+            if not wants_more(name):
+                continue
+            batch = batches[name]
+            start = time.perf_counter()
+            for _ in range(batch):
+                run()
+            elapsed = time.perf_counter() - start
+            samples[name].append(elapsed / batch)
+            spent[name] += elapsed
+    return {name: _summarise(values) for name, values in samples.items()}
 
 
 def time_cuda(
@@ -147,6 +188,25 @@ def time_cuda(
     return _summarise(samples)
 
 
-def timer_for(device: str) -> Callable[..., Timing]:
-    """:func:`time_host` for ``"cpu"``, :func:`time_cuda` for ``"cuda"``."""
-    return time_cuda if device == "cuda" else time_host
+def time_all(
+    runs: Mapping[str, Callable[[], Any]], device: str = "cpu", *, min_repeats: int = 3,
+    budget: float = 0.25,
+) -> dict[str, Timing]:
+    """Time every callable of ``runs`` on ``device``: interleaved on the host, with CUDA events on a GPU.
+
+    Parameters
+    ----------
+    runs : mapping of str to callable
+    device : {"cpu", "cuda"}
+    min_repeats : int
+        Samples taken of each whatever the budget.
+    budget : float
+        Seconds of samples per callable.
+
+    Returns
+    -------
+    dict of str to Timing
+    """
+    if device == "cuda":
+        return {name: time_cuda(run, min_repeats=min_repeats, budget=budget) for name, run in runs.items()}
+    return time_host_interleaved(runs, min_repeats=min_repeats, budget=budget)
