@@ -19,6 +19,23 @@ ROOT = Path(__file__).resolve().parent.parent
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
+@pytest.fixture(autouse=True)
+def restore_thread_counts():
+    """``bench --threads`` sets Numba's and PyTorch's thread counts: put them back for later tests."""
+    import numba
+
+    numba_threads = numba.get_num_threads()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    yield
+    numba.set_num_threads(numba_threads)
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+
+
 def test_bench_writes_table_and_consistent_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     status = cli.main(["--shapes", "8x4x6x6,16x8", "--budget", "0.01", "--json", str(path), "--threads", "1"])
