@@ -1,24 +1,39 @@
-"""CPU train-forward benchmark: numba_bn against plain NumPy in the same run.
+"""CPU benchmarks: every operation, shape, layout and implementation of the shared table.
 
-Plain ``pytest`` runs each case once as a smoke test (``--benchmark-disable``
-is the default); measure with ``pytest benchmarks --benchmark-enable``.
+numba_bn, PyTorch (when installed), plain NumPy and the copy roofline run on
+the same arrays with the same thread count; each benchmark group is one case,
+so ``--benchmark-enable`` prints them side by side. The correctness of every
+implementation is tested in ``tests/test_bench_implementations.py``.
 """
 
-import numpy as np
 import pytest
 
-from implementations import TRAIN_FORWARD, fresh_state
+from numba_bn.bench.cases import DEFAULT_SHAPES, Case, build_cases, make_case_data
+from numba_bn.bench.implementations import IMPLEMENTATIONS
 
-SHAPES = [(32, 64, 56, 56), (4096, 1024), (64, 128)]
+CASES = build_cases(DEFAULT_SHAPES)
+CPU = IMPLEMENTATIONS["cpu"]
 
 
-@pytest.mark.parametrize("implementation", sorted(TRAIN_FORWARD))
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_train_forward(benchmark, implementation, shape):
-    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    state = fresh_state(shape[1])
-    benchmark.group = f"train_forward {shape}"
-    y = benchmark(TRAIN_FORWARD[implementation], x, state)
-    assert y.shape == shape
-    reference = TRAIN_FORWARD["numpy"](x, fresh_state(shape[1]))
-    np.testing.assert_allclose(y, reference, atol=1e-4)
+def smoke_case(case: Case) -> Case:
+    """A small stand-in with the same rank, channels, layout and operation (for plain pytest runs)."""
+    shape = (min(case.shape[0], 4), case.channels) + tuple(min(n, 5) for n in case.shape[2:])
+    return Case(case.operation, shape, case.layout, case.dtype)
+
+
+@pytest.mark.parametrize("implementation", list(CPU))
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name.replace(" ", "-"))
+def test_cpu(benchmark, case, implementation):
+    impl = CPU[implementation]
+    if not impl.is_available():
+        pytest.skip(f"{implementation} is not installed")
+    if benchmark.disabled:
+        case = smoke_case(case)
+    prepared = impl.prepare(case, make_case_data(case))
+    prepared.run()  # compilation and first-touch page faults stay out of the timings
+    benchmark.group = case.name
+    benchmark.extra_info.update(
+        operation=case.operation, shape=list(case.shape), layout=case.layout, dtype=case.dtype,
+        implementation=implementation, device="cpu", bytes=case.nbytes,
+    )
+    benchmark(prepared.run)

@@ -1,0 +1,348 @@
+"""The table of implementations: for each device, every way to run each operation.
+
+One table serves the benchmarks (``benchmarks/``, ``python -m numba_bn
+bench``) and the correctness test that checks every benchmarked path against
+a float64 reference, so nothing is timed that is not also tested.
+
+An implementation's ``prepare(case, data)`` does all set-up outside the timed
+region (converting arrays, running the forward that a backward needs) and
+returns a :class:`Prepared`: ``run()`` is what gets timed, and
+``collect(run())`` turns its result into NumPy arrays in the case's storage
+layout (``{}`` for the copy roofline, which computes nothing to check).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+import numba_bn as nbn
+
+from .cases import CHANNELS_LAST, Case, CaseData
+
+EPS = 1e-5
+MOMENTUM = 0.1
+
+#: What each operation returns, by name (checked by the correctness test).
+OUTPUTS: Mapping[str, tuple[str, ...]] = {
+    "train_forward": ("y", "running_mean", "running_var"),
+    "eval_forward": ("y",),
+    "train_backward": ("grad_input", "grad_weight", "grad_bias"),
+}
+
+#: The implementation the others are compared with.
+OURS = "numba_bn"
+#: The bandwidth roofline: a copy of an array of the input's size.
+ROOFLINE = "copy"
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A case ready to time: ``run()`` does the work, ``collect`` reads its result back."""
+
+    run: Callable[[], Any]
+    collect: Callable[[Any], Outputs]
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One way to run the operations on one device."""
+
+    name: str
+    device: str
+    description: str
+    prepare: Callable[[Case, CaseData], Prepared]
+    requires: tuple[str, ...] = ()  # importable modules it needs
+    usable: Callable[[], bool] = lambda: True  # a run-time check beyond the imports
+
+    def is_available(self) -> bool:
+        """Whether the modules it needs are importable and its device is usable."""
+        return all(_importable(module) for module in self.requires) and self.usable()
+
+
+@lru_cache(maxsize=None)
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def cuda_available() -> bool:
+    """Whether ``numba.cuda`` sees a usable GPU (False, not an error, without CUDA)."""
+    try:
+        from numba import cuda
+
+        return bool(cuda.is_available())
+    except Exception:  # a broken driver or toolkit means no GPU to benchmark
+        return False
+
+
+def torch_cuda_available() -> bool:
+    """Whether PyTorch is installed with CUDA support and sees a GPU."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _module_class(ndim: int):
+    return {2: nbn.BatchNorm1d, 3: nbn.BatchNorm1d, 4: nbn.BatchNorm2d, 5: nbn.BatchNorm3d}[ndim]
+
+
+def _reduce_axes(case: Case) -> tuple[int, ...]:
+    """Axes of the stored array that are reduced: all but the channel axis."""
+    ndim = len(case.shape)
+    channel = ndim - 1 if case.layout == CHANNELS_LAST else 1
+    return tuple(axis for axis in range(ndim) if axis != channel)
+
+
+def _per_channel_shape(case: Case) -> tuple[int, ...]:
+    shape = [1] * len(case.shape)
+    shape[-1 if case.layout == CHANNELS_LAST else 1] = case.channels
+    return tuple(shape)
+
+
+def _count(case: Case) -> int:
+    return int(np.prod(case.shape)) // case.channels
+
+
+# ------------------------------------------------------------------ numba_bn
+
+
+def _prepare_numba_bn(case: Case, data: CaseData, device: str = "cpu") -> Prepared:
+    """The public module API, as a user calls it."""
+    module = _module_class(len(case.shape))(
+        case.channels, eps=EPS, momentum=MOMENTUM, dtype=data.weight.dtype,
+        device=device, channel_axis=case.channel_axis,
+    )
+    module.load_state_dict(
+        {"weight": data.weight, "bias": data.bias,
+         "running_mean": data.running_mean, "running_var": data.running_var}
+    )
+    x, grad_output = data.x, data.grad_output
+    if device == "cuda":
+        from numba import cuda
+
+        x, grad_output = cuda.to_device(x), cuda.to_device(grad_output)
+
+    if case.operation == "train_forward":
+        def run():
+            y = module(x)
+            return {"y": y, "running_mean": module.running_mean, "running_var": module.running_var}
+    elif case.operation == "eval_forward":
+        module.eval()
+
+        def run():
+            return {"y": module(x)}
+    else:
+        module(x)
+
+        def run():
+            grad_input = module.backward(grad_output)
+            return {"grad_input": grad_input, "grad_weight": module.grad_weight,
+                    "grad_bias": module.grad_bias}
+
+    return Prepared(run, _collect_host_arrays)
+
+
+def _collect_host_arrays(result: Mapping[str, Any]) -> Outputs:
+    """Copies of NumPy arrays, or of ``numba.cuda`` device arrays brought to the host."""
+    return {
+        name: value.copy_to_host() if hasattr(value, "copy_to_host") else np.array(value)
+        for name, value in result.items()
+    }
+
+
+def _prepare_numba_bn_cuda(case: Case, data: CaseData) -> Prepared:
+    return _prepare_numba_bn(case, data, device="cuda")
+
+
+# --------------------------------------------------------------------- NumPy
+
+
+def _prepare_numpy(case: Case, data: CaseData) -> Prepared:
+    """Plain vectorised NumPy, the way a NumPy user would write it."""
+    axes = _reduce_axes(case)
+    per_channel = _per_channel_shape(case)
+    count = _count(case)
+    x, grad_output = data.x, data.grad_output
+    weight, bias = data.weight.reshape(per_channel), data.bias.reshape(per_channel)
+    # float16 sums of a channel overflow past 65504: accumulate in float32, as a user must.
+    accumulate = np.float32 if x.dtype == np.float16 else None
+
+    if case.operation == "train_forward":
+        running_mean, running_var = data.running_mean.copy(), data.running_var.copy()
+
+        def run():
+            mean = x.mean(axis=axes, keepdims=True, dtype=accumulate)
+            var = x.var(axis=axes, keepdims=True, dtype=accumulate)
+            y = ((x - mean) / np.sqrt(var + EPS) * weight + bias).astype(x.dtype, copy=False)
+            running_mean[...] = (1 - MOMENTUM) * running_mean + MOMENTUM * mean.ravel()
+            running_var[...] = (1 - MOMENTUM) * running_var + MOMENTUM * var.ravel() * count / (count - 1)
+            return {"y": y, "running_mean": running_mean, "running_var": running_var}
+    elif case.operation == "eval_forward":
+        mean, var = data.running_mean.reshape(per_channel), data.running_var.reshape(per_channel)
+
+        def run():
+            return {"y": ((x - mean) / np.sqrt(var + EPS) * weight + bias).astype(x.dtype, copy=False)}
+    else:
+        # What a forward saves for its backward, as PyTorch's native_batch_norm does.
+        mean = x.mean(axis=axes, keepdims=True, dtype=accumulate)
+        invstd = 1 / np.sqrt(x.var(axis=axes, keepdims=True, dtype=accumulate) + EPS)
+
+        def run():
+            xhat = (x - mean) * invstd
+            grad_bias = grad_output.sum(axis=axes, keepdims=True, dtype=accumulate)
+            grad_weight = (grad_output * xhat).sum(axis=axes, keepdims=True)
+            grad_input = weight * invstd * (grad_output - grad_bias / count - xhat * (grad_weight / count))
+            return {"grad_input": grad_input.astype(x.dtype, copy=False),
+                    "grad_weight": grad_weight.ravel(), "grad_bias": grad_bias.ravel()}
+
+    return Prepared(run, _collect_host_arrays)
+
+
+# ------------------------------------------------------------------- PyTorch
+
+
+def _prepare_torch(case: Case, data: CaseData, device: str = "cpu") -> Prepared:
+    """``torch.nn.functional.batch_norm`` forward, ``aten.native_batch_norm_backward`` backward.
+
+    A channels-last case hands PyTorch the same buffer, viewed in logical
+    ``(N, C, ...)`` order: that is ``torch.channels_last`` memory format.
+    """
+    import torch
+
+    ndim = len(case.shape)
+    to_logical = (0, ndim - 1) + tuple(range(1, ndim - 1))
+    to_storage = (0,) + tuple(range(2, ndim)) + (1,)
+    channels_last = case.layout == CHANNELS_LAST
+
+    def tensor(array: np.ndarray, logical: bool = False):
+        t = torch.from_numpy(array).to(device)
+        return t.permute(to_logical) if logical and channels_last else t
+
+    def host(t) -> np.ndarray:
+        t = t.detach()
+        if channels_last and t.dim() == ndim:
+            t = t.permute(to_storage)
+        return t.cpu().numpy().copy()
+
+    x, grad_output = tensor(data.x, logical=True), tensor(data.grad_output, logical=True)
+    weight, bias = tensor(data.weight), tensor(data.bias)
+    running_mean, running_var = tensor(data.running_mean.copy()), tensor(data.running_var.copy())
+    functional = torch.nn.functional
+
+    if case.operation == "train_forward":
+        def run():
+            y = functional.batch_norm(x, running_mean, running_var, weight, bias,
+                                      training=True, momentum=MOMENTUM, eps=EPS)
+            return {"y": y, "running_mean": running_mean, "running_var": running_var}
+    elif case.operation == "eval_forward":
+        def run():
+            return {"y": functional.batch_norm(x, running_mean, running_var, weight, bias,
+                                               training=False, momentum=MOMENTUM, eps=EPS)}
+    else:
+        _, save_mean, save_invstd = torch.native_batch_norm(
+            x, weight, bias, running_mean.clone(), running_var.clone(), True, MOMENTUM, EPS
+        )
+        backward = torch.ops.aten.native_batch_norm_backward
+
+        def run():
+            grad_input, grad_weight, grad_bias = backward(
+                grad_output, x, weight, running_mean, running_var, save_mean, save_invstd,
+                True, EPS, [True, True, True],
+            )
+            return {"grad_input": grad_input, "grad_weight": grad_weight, "grad_bias": grad_bias}
+
+    def collect(result):
+        return {name: host(value) for name, value in result.items()}
+
+    def run_without_grad():
+        with torch.no_grad():
+            return run()
+
+    return Prepared(run_without_grad, collect)
+
+
+def _prepare_torch_cuda(case: Case, data: CaseData) -> Prepared:
+    return _prepare_torch(case, data, device="cuda")
+
+
+# ------------------------------------------------------------------ roofline
+
+
+def _prepare_copy(case: Case, data: CaseData) -> Prepared:
+    """``np.copyto`` of an array of the input's size: reads and writes it once."""
+    x = data.x
+    out = np.empty_like(x)
+
+    def run():
+        np.copyto(out, x)
+
+    return Prepared(run, lambda result: {})
+
+
+def _prepare_copy_cuda(case: Case, data: CaseData) -> Prepared:
+    """A device-to-device copy of an array of the input's size."""
+    from numba import cuda
+
+    x = cuda.to_device(data.x)
+    out = cuda.device_array_like(x)
+
+    def run():
+        out.copy_to_device(x)
+
+    return Prepared(run, lambda result: {})
+
+
+#: Every implementation, by device and name, in the order tables show them.
+IMPLEMENTATIONS: Mapping[str, Mapping[str, Implementation]] = {
+    "cpu": {
+        OURS: Implementation(OURS, "cpu", "numba_bn modules (Numba @njit(parallel=True) kernels)",
+                             _prepare_numba_bn),
+        "torch": Implementation("torch", "cpu", "PyTorch CPU: F.batch_norm / aten.native_batch_norm_backward",
+                                _prepare_torch, requires=("torch",)),
+        "numpy": Implementation("numpy", "cpu", "plain vectorised NumPy", _prepare_numpy),
+        ROOFLINE: Implementation(ROOFLINE, "cpu", "np.copyto of an array of the input's size (roofline)",
+                                 _prepare_copy),
+    },
+    "cuda": {
+        OURS: Implementation(OURS, "cuda", "numba_bn modules with device='cuda' (numba.cuda kernels)",
+                             _prepare_numba_bn_cuda, usable=cuda_available),
+        "torch": Implementation("torch", "cuda", "PyTorch CUDA: F.batch_norm / aten.native_batch_norm_backward",
+                                _prepare_torch_cuda, requires=("torch",),
+                                usable=lambda: cuda_available() and torch_cuda_available()),
+        ROOFLINE: Implementation(ROOFLINE, "cuda", "device-to-device copy of an array of the input's size",
+                                 _prepare_copy_cuda, usable=cuda_available),
+    },
+}
+
+DEVICES: tuple[str, ...] = tuple(IMPLEMENTATIONS)
+
+
+def implementations(device: str = "cpu", available_only: bool = True) -> list[Implementation]:
+    """The implementations for ``device``, in table order.
+
+    Parameters
+    ----------
+    device : {"cpu", "cuda"}
+    available_only : bool
+        Leave out those whose packages are missing or whose device is unusable.
+
+    Returns
+    -------
+    list of Implementation
+        numba_bn first, the copy roofline last.
+
+    Raises
+    ------
+    ValueError
+        For an unknown device.
+    """
+    if device not in IMPLEMENTATIONS:
+        raise ValueError(f"expected device in {list(DEVICES)}, got {device!r}")
+    table = IMPLEMENTATIONS[device].values()
+    return [impl for impl in table if impl.is_available() or not available_only]

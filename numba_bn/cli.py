@@ -1,0 +1,348 @@
+"""``python -m numba_bn`` / ``numba-bn``: benchmark numba_bn against its peers, show the setup.
+
+Sub-commands:
+
+``bench`` (the default)
+    Time numba_bn, PyTorch (when installed), plain NumPy and a copy of the
+    same size (the memory-bandwidth roofline) on a set of shapes, and print
+    a table of speedups and % of the roofline.
+``info``
+    Versions, threading layer and thread count, CUDA availability, cache dir.
+``startup``
+    Time ``import numba_bn`` plus the first calls in a fresh process, with a
+    cold and with a warm kernel cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from .bench import cases as bench_cases
+from .bench.implementations import DEVICES, cuda_available, implementations
+from .bench.progress import ProgressBar
+from .bench.report import (
+    MissingDependencyError,
+    command_line,
+    format_text_table,
+    machine_info,
+    save_plot,
+    to_json,
+)
+from .bench.timing import max_threads
+
+COMMANDS = ("bench", "info", "startup")
+LAYOUT_CHOICES = ("both",) + bench_cases.LAYOUTS
+
+
+# ------------------------------------------------------------ argument types
+
+
+def _shapes_argument(text: str) -> tuple[tuple[int, ...], ...]:
+    try:
+        return bench_cases.parse_shapes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _operations_argument(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in bench_cases.OPERATIONS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {','.join(bench_cases.OPERATIONS)}, got {text!r}"
+        )
+    return names
+
+
+def _threads_argument(text: str) -> int:
+    limit = max_threads()
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= limit:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer between 1 and {limit} (NUMBA_NUM_THREADS), got {text!r}"
+        )
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 60], got {text!r}")
+    return value
+
+
+def _output_path(suffix: str | None):
+    def check(text: str) -> str:
+        folder = os.path.dirname(os.path.abspath(text))
+        if not os.path.isdir(folder):
+            raise argparse.ArgumentTypeError(f"expected a file in an existing folder, got {text!r}")
+        if suffix is not None and not text.lower().endswith(suffix):
+            raise argparse.ArgumentTypeError(f"expected a {suffix} file name, got {text!r}")
+        return text
+
+    return check
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (also used to check the README's command lines)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m numba_bn",
+        description="Benchmark numba_bn's BatchNorm against PyTorch, NumPy and a copy roofline, "
+                    "or show the setup. With no command, runs 'bench'.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"numba_bn {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="{bench,info,startup}")
+
+    bench = commands.add_parser(
+        "bench", help="time numba_bn against its peers (default)",
+        description="Time numba_bn, PyTorch (if installed), plain NumPy and an np.copyto of the same "
+                    "size on each case, then print speedups (peer time / numba_bn time) and "
+                    "numba_bn's % of the copy roofline.",
+    )
+    bench.add_argument("--quick", action="store_true",
+                       help="a seconds-long run: a few shapes, short timing budget")
+    bench.add_argument("--shapes", type=_shapes_argument, metavar="NxCx...[,...]",
+                       help="shapes in (N, C, ...) order, e.g. 32x64x56x56,64x128 "
+                            "(default: the README's set; --quick: a small subset)")
+    bench.add_argument("--dtype", choices=bench_cases.DTYPES, default="float32",
+                       help="data type of the input (default float32; float16 keeps float32 parameters)")
+    bench.add_argument("--threads", type=_threads_argument, default=None, metavar="N",
+                       help=f"threads for every implementation (default: all, {max_threads()})")
+    bench.add_argument("--device", choices=DEVICES, default="cpu",
+                       help="cpu (default) or cuda (numba_bn device='cuda' vs PyTorch CUDA, CUDA events)")
+    bench.add_argument("--layout", choices=LAYOUT_CHOICES, default="both",
+                       help="memory layout of 3+-dimensional shapes (default both)")
+    bench.add_argument("--operations", type=_operations_argument, default=bench_cases.OPERATIONS,
+                       metavar="OP[,OP...]",
+                       help=f"subset of {','.join(bench_cases.OPERATIONS)} (default all)")
+    bench.add_argument("--budget", type=_positive_seconds, default=None, metavar="SECONDS",
+                       help="seconds of timing per implementation and case (default 0.25; --quick 0.05)")
+    bench.add_argument("--json", type=_output_path(None), metavar="FILE",
+                       help="also write every timing, the machine and the settings as JSON")
+    bench.add_argument("--plot", type=_output_path(".png"), metavar="FILE.png",
+                       help="also save a bar chart of the speedups and %% of roofline (needs matplotlib)")
+    bench.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    bench.set_defaults(usage_parser=bench)
+
+    commands.add_parser("info", help="versions, threads, CUDA, cache directory",
+                        description="Show versions, the threading layer and thread count, "
+                                    "CUDA availability and device, and the kernel cache directory.")
+    commands.add_parser("startup", help="time import + first call with a cold and a warm cache",
+                        description="Time 'import numba_bn' plus a first training step in fresh "
+                                    "processes: once on an empty kernel cache, once on the filled one.")
+    return parser
+
+
+def _with_default_command(argv: Sequence[str]) -> list[str]:
+    """``bench`` when no command is named (``python -m numba_bn --quick``)."""
+    argv = list(argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        return ["bench"] + argv
+    return argv
+
+
+# ----------------------------------------------------------------- commands
+
+
+def _plot_support_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is None
+
+
+def _cuda_simulated() -> bool:
+    import numba
+
+    return bool(numba.config.ENABLE_CUDASIM)
+
+
+def _cuda_modules_unsupported() -> str | None:
+    """Why ``BatchNorm1d(..., device="cuda")`` cannot be built here, or None when it can."""
+    from . import BatchNorm1d
+
+    try:
+        BatchNorm1d(2, device="cuda")
+    except (ValueError, TypeError) as error:
+        return str(error)
+    return None
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """The ``bench`` command; returns the exit status."""
+    from .bench.runner import run_cases, warm_up
+    from .bench.timing import set_threads
+
+    parser = args.usage_parser
+
+    if args.plot and _plot_support_missing():
+        parser.error("--plot needs matplotlib, which is not installed: pip install matplotlib "
+                     "(or pip install 'numba_bn[plot]')")
+    if args.device == "cuda" and _cuda_simulated():
+        print("--device cuda times real GPUs with CUDA events; the CUDA simulator "
+              "(NUMBA_ENABLE_CUDASIM=1) cannot be timed. Unset NUMBA_ENABLE_CUDASIM.", file=sys.stderr)
+        return 1
+    if args.device == "cuda" and not cuda_available():
+        print("CUDA is not available here (numba.cuda.is_available() is False: no NVIDIA GPU or "
+              "driver found), so --device cuda cannot run. Run without --device for the CPU "
+              "benchmark, or see 'python -m numba_bn info'.", file=sys.stderr)
+        return 1
+    if args.device == "cuda":
+        reason = _cuda_modules_unsupported()
+        if reason is not None:
+            print(f"numba_bn's modules refuse device='cuda' here: {reason}", file=sys.stderr)
+            return 1
+
+    shapes = args.shapes or (bench_cases.QUICK_SHAPES if args.quick else bench_cases.DEFAULT_SHAPES)
+    layouts = bench_cases.LAYOUTS if args.layout == "both" else (args.layout,)
+    cases = bench_cases.build_cases(shapes, args.operations, layouts, args.dtype)
+    if not cases:
+        parser.error(f"no case to run: --layout {args.layout} applies only to shapes of 3 or more "
+                     "dimensions (an (N, C) batch is the same in both layouts)")
+    budget = args.budget or (0.05 if args.quick else 0.25)
+    threads = set_threads(args.threads or max_threads())
+    chosen = implementations(args.device)
+
+    progress = None if args.no_progress else ProgressBar(len(cases) + 1)
+    if progress is not None:
+        progress.update("compiling numba_bn kernels (or loading them from the cache)")
+    warm_up(cases, args.device)
+    if progress is not None:
+        progress.update("compiled", advance=1)
+    results = run_cases(cases, args.device, chosen, progress, budget=budget)
+    if progress is not None:
+        progress.finish()
+
+    machine = machine_info(threads if args.device == "cpu" else None)
+    print(format_text_table(results))
+    print()
+    print("vs X: X's time / numba_bn's time (above 1: numba_bn is faster). "
+          "% copy: time of np.copyto of the input's size / numba_bn's time.")
+    print(f"{machine['cpu']}, {threads} threads, device {args.device}, {args.dtype}; "
+          + ", ".join(f"{impl.name}: {impl.description}" for impl in chosen))
+    if args.json:
+        import json
+
+        settings = {"command": command_line(), "device": args.device, "dtype": args.dtype,
+                    "threads": threads, "budget_seconds": budget}
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(to_json(results, machine, settings), handle, indent=2)
+        print(f"wrote {args.json}")
+    if args.plot:
+        try:
+            save_plot(results, args.plot, title=f"numba_bn vs peers, {machine['cpu']}, {threads} threads")
+        except MissingDependencyError as error:
+            print(error, file=sys.stderr)
+            return 1
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def info_lines() -> list[str]:
+    """What ``info`` prints, one ``name: value`` per line."""
+    from importlib import metadata
+
+    import numba
+    import numpy as np
+
+    from . import __version__, batch_stats
+
+    # The threading layer is chosen on the first parallel call.
+    batch_stats(np.ones((2, 2), np.float32))
+    machine = machine_info()
+
+    def version(distribution: str) -> str:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    cache_dir = numba.config.CACHE_DIR or "(NUMBA_CACHE_DIR unset: __pycache__ folders beside the package sources)"
+    lines = [
+        f"numba_bn: {__version__} ({os.path.dirname(os.path.abspath(__file__))})",
+        f"python: {machine['python']} ({sys.executable})",
+        f"numpy: {machine['numpy']}",
+        f"numba: {machine['numba']}",
+        f"numba-cuda: {version('numba-cuda')}",
+        f"torch: {machine['torch'] or 'not installed'}",
+        f"cpu: {machine['cpu']} ({machine['logical_cpus']} logical CPUs)",
+        f"threading layer: {machine['threading_layer']}",
+        f"threads: {numba.get_num_threads()} of NUMBA_NUM_THREADS={max_threads()}",
+        f"kernel cache: {cache_dir}",
+    ]
+    lines += _cuda_lines()
+    return lines
+
+
+def _cuda_lines() -> list[str]:
+    if not cuda_available():
+        return ["cuda: not available (no NVIDIA GPU or driver found by numba.cuda)"]
+    import numba
+    from numba import cuda
+
+    if numba.config.ENABLE_CUDASIM:
+        return ["cuda: the CUDA simulator (NUMBA_ENABLE_CUDASIM=1): kernels run on the CPU, no timings"]
+    device = cuda.get_current_device()
+    name = device.name.decode() if isinstance(device.name, bytes) else device.name
+    capability = ".".join(map(str, device.compute_capability))
+    return [f"cuda: available, device {device.id}: {name} (compute capability {capability})"]
+
+
+def run_info() -> int:
+    """The ``info`` command; returns the exit status."""
+    print("\n".join(info_lines()))
+    return 0
+
+
+def run_startup() -> int:
+    """The ``startup`` command; returns the exit status."""
+    from .bench.startup import measure_cold_and_warm
+
+    print("timing import + first training step in fresh processes (cold cache first)...", file=sys.stderr)
+    cold, warm = measure_cold_and_warm()
+    for label, timing in (("cold cache", cold), ("warm cache", warm)):
+        print(f"{label}: import {timing.import_seconds:.2f} s + first call {timing.first_call_seconds:.2f} s "
+              f"= {timing.total:.2f} s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m numba_bn`` and ``numba-bn``.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name; default ``sys.argv[1:]``. With
+        no command, ``bench`` is run.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 1 when the run cannot proceed (no CUDA
+        for ``--device cuda``), 130 when interrupted. Bad arguments exit with
+        status 2 and the usage, through argparse.
+    """
+    parser = build_parser()
+    args = parser.parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
+    try:
+        if args.command == "info":
+            return run_info()
+        if args.command == "startup":
+            return run_startup()
+        return run_bench(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,115 @@
+"""Turn a pytest-benchmark JSON file from ``benchmarks/`` into the README's tables.
+
+Usage::
+
+    python -m pytest benchmarks --benchmark-enable --benchmark-json=bench.json
+    python scripts/bench_table.py bench.json                  # print Markdown
+    python scripts/bench_table.py bench.json --readme README.md   # replace the README's table
+    python scripts/bench_table.py bench.json --plot bench.png     # also a chart (needs matplotlib)
+
+With ``--readme`` the text between the ``<!-- bench-table:start -->`` and
+``<!-- bench-table:end -->`` markers is replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from numba_bn.bench.report import (
+    MIN_COPIES,
+    footnote,
+    format_seconds,
+    MissingDependencyError,
+    markdown_table,
+    results_from_pytest_benchmark,
+    save_plot,
+    startup_from_pytest_benchmark,
+)
+
+START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+
+
+def startup_table(figures: dict) -> str:
+    """Start-up cost rows (cold and warm kernel cache); empty when not measured."""
+    if not figures:
+        return ""
+    lines = ["| kernel cache | import numba_bn | first training step | whole process |",
+             "|---|---:|---:|---:|"]
+    for cache in ("cold", "warm"):
+        if cache in figures:
+            f = figures[cache]
+            lines.append(f"| {cache} | {format_seconds(f['import_seconds'])} | "
+                         f"{format_seconds(f['first_call_seconds'])} | {format_seconds(f['process_seconds'])} |")
+    return "\n".join(lines)
+
+
+def render(data: dict) -> str:
+    """The Markdown block: ratio table, start-up table and footnote."""
+    results = results_from_pytest_benchmark(data)
+    if not results:
+        raise ValueError("no benchmark of benchmarks/test_bench_cpu.py in this file")
+    machine = data.get("machine_info", {}).get("numba_bn")
+    if machine is None:
+        raise ValueError("the file lacks machine_info.numba_bn: was it written by benchmarks/ (its conftest)?")
+    command = data.get("command", "python -m pytest benchmarks --benchmark-enable")
+    ceilings = ", ".join(f"{name.replace('_', ' ')} {100 / copies:.0f}%" for name, copies in MIN_COPIES.items())
+    parts = [
+        markdown_table(results),
+        "",
+        "*vs X*: X's time / numba_bn's time (above 1: numba_bn is faster). *% of copy*: time of "
+        "`np.copyto` of an array of the input's size / numba_bn's time; the least memory traffic of "
+        f"each operation caps it at: {ceilings}. Times are pytest-benchmark minima.",
+    ]
+    startup = startup_table(startup_from_pytest_benchmark(data))
+    if startup:
+        parts += ["", startup]
+    parts += ["", footnote(machine, command) + f" Run date: {data.get('datetime', 'unknown')[:10]}."]
+    return "\n".join(parts)
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with the part between the markers replaced by ``block``."""
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
+    if not pattern.search(text):
+        raise ValueError(f"the markers {START} ... {END} are not in the file")
+    return pattern.sub(lambda _: f"{START}\n{block}\n{END}", text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("json_file", type=Path, help="output of --benchmark-json")
+    parser.add_argument("--readme", type=Path, help="replace the table between the markers in this file")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="also save a bar chart of the speedups and %% of roofline")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the tables, or write them into a README; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        data = json.loads(args.json_file.read_text(encoding="utf-8"))
+        block = render(data)
+        if args.plot is not None:
+            machine = data["machine_info"]["numba_bn"]
+            save_plot(results_from_pytest_benchmark(data), str(args.plot),
+                      title=f"numba_bn vs peers, {machine['cpu']}, {machine['threads']} threads")
+            print(f"saved {args.plot}")
+        if args.readme is None:
+            print(block)
+        else:
+            args.readme.write_text(replace_block(args.readme.read_text(encoding="utf-8"), block), encoding="utf-8")
+            print(f"updated {args.readme}")
+    except (OSError, ValueError, KeyError, MissingDependencyError) as error:
+        parser.exit(1, f"bench_table: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
