@@ -13,6 +13,14 @@ RUN_CHUNK = 4096
 #: per-channel partial state, so the scratch memory is ROW_BLOCKS * C values.
 ROW_BLOCKS = 64
 
+#: Fewer row blocks for small inputs: at least this many values per block, as
+#: each block also costs O(C) work to set up and merge.
+ROW_BLOCK_VALUES = 16384
+
+#: Inputs with fewer values than this run on the calling thread: waking the
+#: thread pool costs more than it saves on work this small.
+SERIAL_BELOW = 32768
+
 #: LLVM fast-math flags for the kernels: reassociation lets the float64
 #: reductions vectorise and contraction gives FMAs, while leaving out
 #: ``nnan``/``ninf`` keeps NaN and Inf handling exact.
