@@ -3,6 +3,7 @@
 Compiled (serial, IEEE-exact: no fast-math) so that a call costs one dispatch
 instead of a dozen small NumPy operations, which dominate small inputs. All
 arithmetic is float64; a zero-length ``weight``/``bias`` stands for "absent".
+Vectors arrive as native float32 or float64.
 NumPy's error model gives NaN/Inf where a division by zero happens, as the
 NumPy formulas did.
 """
@@ -15,7 +16,7 @@ _OPTIONS = dict(cache=True, error_model="numpy")
 
 @njit(**_OPTIONS)
 def normalization(mean, spread, divisor, weight, bias, eps, out):
-    """Coefficients of ``y = (x - shift) * scale + offset``; returns invstd (float64).
+    """Coefficients of ``y = (x - shift) * scale + offset``; float64 (mean, invstd, weight) copies.
 
     The variance is ``spread / divisor`` (M2 and count, or a variance and 1).
     ``out`` rows 0, 1, 2 receive shift, scale and offset in the compute dtype;
@@ -23,17 +24,23 @@ def normalization(mean, spread, divisor, weight, bias, eps, out):
     exact and ``offset`` carries the rounding error of the mean.
     """
     channels = mean.size
+    mean64 = np.empty(channels)
     invstd = np.empty(channels)
+    weight64 = np.empty(weight.size)
     for c in range(channels):
-        invstd[c] = 1.0 / np.sqrt(spread[c] / divisor + eps)
-        scale = invstd[c] * weight[c] if weight.size else invstd[c]
-        out[0, c] = mean[c]  # rounded to the compute dtype on store
-        offset = -(mean[c] - np.float64(out[0, c])) * scale
+        mean64[c] = mean[c]
+        invstd[c] = 1.0 / np.sqrt(np.float64(spread[c]) / divisor + eps)
+        scale = invstd[c]
+        if weight.size:
+            weight64[c] = weight[c]
+            scale *= weight64[c]
+        out[0, c] = mean64[c]  # rounded to the compute dtype on store
+        offset = -(mean64[c] - np.float64(out[0, c])) * scale
         if bias.size:
-            offset += bias[c]
+            offset += np.float64(bias[c])
         out[1, c] = scale
         out[2, c] = offset
-    return invstd
+    return mean64, invstd, weight64
 
 
 @njit(**_OPTIONS)

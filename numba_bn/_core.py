@@ -35,8 +35,11 @@ class BatchStatistics(NamedTuple):
     m2: np.ndarray  # float64 sum of squared deviations
 
 
+_COMPUTE_DTYPE_BY_CHAR = {dtype.char: compute for dtype, compute in COMPUTE_DTYPE.items()}
+
+
 def compute_dtype(x):
-    return COMPUTE_DTYPE[native_dtype(x)]
+    return _COMPUTE_DTYPE_BY_CHAR[x.dtype.char]  # the same for either byte order
 
 
 def batch_statistics(x, channel_axis):
@@ -48,9 +51,13 @@ def batch_statistics(x, channel_axis):
     return BatchStatistics(count, mean, m2)
 
 
-def _as_float64(vector):
-    """A native float64 copy (a snapshot: the caller may change the original later)."""
-    return None if vector is None else np.array(vector, dtype=np.float64)
+def _kernel_vector(vector):
+    """A per-channel vector as the compiled helpers take it (zero-length when absent)."""
+    if vector is None:
+        return _ABSENT
+    if vector.dtype in _KERNEL_BUFFER_DTYPES and vector.flags.c_contiguous:
+        return vector
+    return np.ascontiguousarray(vector, dtype=np.float64)
 
 
 def forward(x, channel_axis, stats, mean, var, weight, bias, eps):
@@ -61,14 +68,15 @@ def forward(x, channel_axis, stats, mean, var, weight, bias, eps):
     if stats is not None:
         mean, spread, divisor, count = stats.mean, stats.m2, float(stats.count), stats.count
     else:
-        mean, spread, divisor = _as_float64(mean), _as_float64(var), 1.0
+        spread, divisor = var, 1.0
         count = x.size // x.shape[channel_axis]
-    weight = _as_float64(weight)
-    coefficients = np.empty((3, mean.size), compute_dtype(x))
-    invstd = _channel_math.normalization(
-        mean, spread, divisor, _ABSENT if weight is None else weight,
-        _ABSENT if bias is None else _as_float64(bias), float(eps), coefficients,
+    coefficients = np.empty((3, x.shape[channel_axis]), compute_dtype(x))
+    # The float64 copies are snapshots for backward: the caller may change the originals.
+    mean, invstd, weight64 = _channel_math.normalization(
+        _kernel_vector(mean), _kernel_vector(spread), divisor, _kernel_vector(weight),
+        _kernel_vector(bias), float(eps), coefficients,
     )
+    weight = None if weight is None else weight64
     saved = SavedForward(x, channel_axis, stats is not None, mean, invstd, weight, count)
     if x.size == 0:
         return np.empty(x.shape, native_dtype(x)), saved

@@ -15,6 +15,9 @@ permutation is applied to all operands, so element ``i`` of one view lines up
 with element ``i`` of the others.
 """
 
+import functools
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -117,33 +120,35 @@ def kernel_operands(channel_axis, inputs, outputs=(), memory_order=False):
     kernels walk memory in address order that way); it is 0 otherwise.
     Every element stride must be a whole number of elements.
     """
-    arrays = list(inputs) + list(outputs)
-    first = arrays[0]
-    axis = channel_axis % first.ndim
-    if all(a.flags.c_contiguous for a in arrays):
-        # The common case, without building views: (outer, C, inner) in memory.
-        shape = first.shape
-        channels = shape[axis]
-        outer = inner = 1
-        for n in shape[:axis]:
-            outer *= n
-        for n in shape[axis + 1 :]:
-            inner *= n
+    arrays = (*inputs, *outputs)
+    for a in arrays:
+        if not a.flags.c_contiguous:
+            break
+    else:
+        layout, shape, strides, position = _contiguous_layout(arrays[0].shape, channel_axis, memory_order)
         buffers = [a.reshape(-1) for a in arrays]
         for b in buffers[: len(inputs)]:
             b.flags.writeable = False  # one compiled kernel for writeable and read-only input
-        if inner == 1:
-            layout, kshape, strides, position = ROWS, (1, 1, 1, outer, channels), (0, 0, 0, channels, 1), 0
-        elif memory_order:
-            layout, kshape, strides, position = RUNS, (1, 1, outer, channels, inner), (0, 0, channels * inner, inner, 1), 3
-        else:
-            layout, kshape, strides, position = RUNS, (channels, 1, 1, outer, inner), (inner, 0, 0, channels * inner, 1), 0
-        return layout, kshape, [(b, 0, strides) for b in buffers], position
+        return layout, shape, [(b, 0, strides) for b in buffers], position
 
     layout, input_views, output_views = kernel_views(channel_axis, inputs, outputs)
-    operands = [_flat_operand(v) for v in input_views + output_views]
+    operands = [_flat_operand(v) for v in (*input_views, *output_views)]
     shape = input_views[0].shape
     if layout == RUNS and memory_order:
         shape, strides, position = _in_memory_order(shape, [op[2] for op in operands])
         return layout, shape, [(op[0], op[1], s) for op, s in zip(operands, strides)], position
     return layout, shape, operands, 0
+
+
+@functools.lru_cache(maxsize=256)
+def _contiguous_layout(shape, channel_axis, memory_order):
+    """``(layout, shape, strides, channel_position)`` of C-contiguous arrays: (outer, C, inner) in memory."""
+    axis = channel_axis % len(shape)
+    channels = shape[axis]
+    outer = math.prod(shape[:axis])
+    inner = math.prod(shape[axis + 1 :])
+    if inner == 1:
+        return ROWS, (1, 1, 1, outer, channels), (0, 0, 0, channels, 1), 0
+    if memory_order:
+        return RUNS, (1, 1, outer, channels, inner), (0, 0, channels * inner, inner, 1), 3
+    return RUNS, (channels, 1, 1, outer, inner), (inner, 0, 0, channels * inner, 1), 0

@@ -9,17 +9,18 @@ and float32 data, float64 for float64 data). Inputs smaller than
 import numpy as np
 
 from . import config, cpu_kernels
-from ._layout import ROWS, kernel_operands
+from ._layout import ROWS, RUNS, kernel_operands
 
 
 def _kernel_array(array):
     """The array as the kernels read it: float16 as its uint16 bits, native byte order,
     strides in whole elements."""
-    if not array.dtype.isnative:
-        array = array.astype(array.dtype.newbyteorder("="))
-    elif any(s % array.itemsize for s in array.strides):
+    dtype = array.dtype
+    if not dtype.isnative:
+        array = array.astype(dtype.newbyteorder("="))
+    elif not array.flags.c_contiguous and any(s % dtype.itemsize for s in array.strides):
         array = np.ascontiguousarray(array)
-    if array.dtype == np.float16:
+    if dtype.char == "e":  # float16
         return array.view(np.uint16)
     return array
 
@@ -29,10 +30,17 @@ def _output_dtype(kernel_array):
     return np.float16 if kernel_array.dtype == np.uint16 else kernel_array.dtype
 
 
+_KERNELS = {
+    (name, layout, serial): getattr(cpu_kernels, f"{name}_{layout}{'_serial' if serial else ''}")
+    for name in ("channel_stats", "normalize", "grad_sums", "grad_input")
+    for layout in (ROWS, RUNS)
+    for serial in (False, True)
+}
+
+
 def _kernel(name, layout, size):
     """The ``name`` kernel for ``layout``, serial when ``size`` is below the threshold."""
-    suffix = "_serial" if size < config.SERIAL_BELOW else ""
-    return getattr(cpu_kernels, f"{name}_{'rows' if layout == ROWS else 'runs'}{suffix}")
+    return _KERNELS[name, layout, size < config.SERIAL_BELOW]
 
 
 def _row_blocks(x):
