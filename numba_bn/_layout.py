@@ -13,6 +13,10 @@ negative strides are flipped, and adjacent axes are merged wherever every
 operand allows it, then padded with size-1 axes to exactly four. The same
 permutation is applied to all operands, so element ``i`` of one view lines up
 with element ``i`` of the others.
+
+``kernel_operands`` hands those views to the kernels as flat 1-D buffers with
+an element origin and element strides (a unit stride lets the innermost loop
+vectorise); C-contiguous arrays, the common case, skip the view building.
 """
 
 import functools
