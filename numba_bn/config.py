@@ -13,9 +13,10 @@ RUN_CHUNK = 4096
 #: per-channel partial state, so the scratch memory is ROW_BLOCKS * C values.
 ROW_BLOCKS = 64
 
-#: Fewer row blocks for small inputs: at least this many values per block, as
-#: each block also costs O(C) work to set up and merge.
-ROW_BLOCK_VALUES = 16384
+#: Fewer row blocks for smaller inputs: at least this many values per block,
+#: as each block also costs O(C) scratch and work to set up and merge (1 MiB
+#: of float32 keeps the scratch below 1% of the input).
+ROW_BLOCK_VALUES = 262144
 
 #: Inputs with fewer values than this run on the calling thread: waking the
 #: thread pool costs more than it saves on work this small.

@@ -354,19 +354,21 @@ def _channel_stats_rows(x, origin, strides, shape, blocks):
     width = _tile_width(C)
     means = np.empty((blocks, C))
     m2s = np.empty((blocks, C))
-    sum_dev = np.empty((blocks, width))
-    sum_sq_dev = np.empty((blocks, width))
-    shift = np.empty((blocks, width))
     for k in prange(blocks):
         first = _part_start(np.int64(k), rows, blocks)
         stop = _part_start(np.int64(k) + 1, rows, blocks)
-        _stats_row_block(x, origin, strides, shape, first, stop, sum_dev[k], sum_sq_dev[k], shift[k])
+        # Per-block tiles: small heap allocations, where (blocks, width)
+        # scratch would be fresh pages that fault on every call.
+        sum_dev = np.empty(width)
+        sum_sq_dev = np.empty(width)
+        shift = np.empty(width)
+        _stats_row_block(x, origin, strides, shape, first, stop, sum_dev, sum_sq_dev, shift)
         for start in range(C, width, C):
             for c in range(C):
-                sum_dev[k, c] += sum_dev[k, start + c]
-                sum_sq_dev[k, c] += sum_sq_dev[k, start + c]
+                sum_dev[c] += sum_dev[start + c]
+                sum_sq_dev[c] += sum_sq_dev[start + c]
         for c in range(C):
-            means[k, c], m2s[k, c] = _shifted_sums_state(stop - first, shift[k, c], sum_dev[k, c], sum_sq_dev[k, c])
+            means[k, c], m2s[k, c] = _shifted_sums_state(stop - first, shift[c], sum_dev[c], sum_sq_dev[c])
     return _merge_units(_unit_sizes(rows, blocks), means, m2s)
 
 
@@ -518,18 +520,20 @@ def _grad_sums_rows(x, xo, xst, dy, go, gst, shape, mean, blocks):
     blocks = max(min(blocks, rows), 1)
     width = _tile_width(C)
     mean_t = _tile(mean, width)
-    sum_dy = np.empty((blocks, width))
-    sum_dy_xmu = np.empty((blocks, width))
-    partial_dy = np.zeros((blocks, C))
-    partial_dy_xmu = np.zeros((blocks, C))
+    partial_dy = np.empty((blocks, C))
+    partial_dy_xmu = np.empty((blocks, C))
     for k in prange(blocks):
         first = _part_start(np.int64(k), rows, blocks)
         stop = _part_start(np.int64(k) + 1, rows, blocks)
-        _grad_sums_row_block(x, xo, xst, dy, go, gst, shape, first, stop, mean_t, sum_dy[k], sum_dy_xmu[k])
-        for start in range(0, width, C):
+        sum_dy = np.empty(width)  # per-block tiles, as in _channel_stats_rows
+        sum_dy_xmu = np.empty(width)
+        _grad_sums_row_block(x, xo, xst, dy, go, gst, shape, first, stop, mean_t, sum_dy, sum_dy_xmu)
+        for start in range(C, width, C):
             for c in range(C):
-                partial_dy[k, c] += sum_dy[k, start + c]
-                partial_dy_xmu[k, c] += sum_dy_xmu[k, start + c]
+                sum_dy[c] += sum_dy[start + c]
+                sum_dy_xmu[c] += sum_dy_xmu[start + c]
+        partial_dy[k] = sum_dy[:C]
+        partial_dy_xmu[k] = sum_dy_xmu[:C]
     return _sum_units(partial_dy), _sum_units(partial_dy_xmu)
 
 
