@@ -114,3 +114,19 @@ def test_kernels_match_reference(shape, channel_axis, layout, dtype, monkeypatch
     reduce = tuple(i for i in range(x.ndim) if i != axis)
     expected_sums = np.stack([dy64.sum(axis=reduce), (dy64 * (x64 - mean.reshape(broadcast))).sum(axis=reduce)])
     np.testing.assert_allclose(out["grad_sums"], expected_sums, rtol=1e-9, atol=1e-9 * np.abs(dy64).sum())
+
+
+def test_strides_that_are_not_whole_elements():
+    """A field of a packed record array steps 5 bytes per float32: read through a copy."""
+    records = np.zeros((12, 3), dtype=[("value", "<f4"), ("flag", "u1")])
+    values = np.random.default_rng(2).standard_normal((12, 3)).astype(np.float32)
+    records["value"] = values
+    x = records["value"]
+    assert x.strides[1] % x.itemsize
+    count, mean, m2 = cpu_backend.channel_stats(x, 1)
+    expected_mean, expected_var, expected_count = ref_batch_stats(values, 1)
+    assert count == expected_count
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
+    np.testing.assert_allclose(m2 / count, expected_var, rtol=1e-9)
+    ones = np.ones(3, np.float32)
+    np.testing.assert_array_equal(cpu_backend.normalize(x, 1, 0 * ones, ones, 0 * ones), values)
