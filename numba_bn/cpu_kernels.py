@@ -138,6 +138,21 @@ def _offset4(origin, strides, i0, i1, i2, i3):
 
 
 @njit(**_SERIAL)
+def _packed_runs(strides, shape, channel_position):
+    """Runs lie back to back, channel after channel (contiguous ``(N, C, ...)`` data):
+    then the flat position of a value is its offset from the origin."""
+    M = shape[4]
+    return (
+        channel_position == 3
+        and shape[0] == 1
+        and shape[1] == 1
+        and strides[4] == 1
+        and strides[3] == M
+        and (shape[2] == 1 or strides[2] == shape[3] * M)
+    )
+
+
+@njit(**_SERIAL)
 def _tile_width(C):
     """Values per tile of packed rows: whole rows, a multiple of 8 when cheap."""
     a, b = C, 8
@@ -384,6 +399,17 @@ def _normalize_runs(x, xo, xst, y, yo, yst, shape, channel_position, shift, scal
     N1, N2, N3, M = shape[1], shape[2], shape[3], shape[4]
     total = shape[0] * N1 * N2 * N3 * M
     parts = _unit_count(total, part)
+    if _packed_runs(xst, shape, channel_position) and _packed_runs(yst, shape, channel_position):
+        for p in prange(parts):
+            position = _part_start(np.int64(p), total, parts)
+            stop = _part_start(np.int64(p) + 1, total, parts)
+            c = (position // M) % N3
+            while position < stop:
+                n = min(M - position % M, stop - position)
+                _segment_affine(x, xo + position, 1, y, yo + position, 1, n, shift[c], scale[c], offset[c])
+                position += n
+                c = c + 1 if c + 1 < N3 else 0
+        return
     for p in prange(parts):
         position = _part_start(np.int64(p), total, parts)
         stop = _part_start(np.int64(p) + 1, total, parts)
@@ -542,6 +568,24 @@ def _grad_input_runs(x, xo, xst, dy, go, gst, dx, do, dst, shape, channel_positi
     N1, N2, N3, M = shape[1], shape[2], shape[3], shape[4]
     total = shape[0] * N1 * N2 * N3 * M
     parts = _unit_count(total, part)
+    if (
+        _packed_runs(xst, shape, channel_position)
+        and _packed_runs(gst, shape, channel_position)
+        and _packed_runs(dst, shape, channel_position)
+    ):
+        for p in prange(parts):
+            position = _part_start(np.int64(p), total, parts)
+            stop = _part_start(np.int64(p) + 1, total, parts)
+            c = (position // M) % N3
+            while position < stop:
+                n = min(M - position % M, stop - position)
+                _segment_grad_input(
+                    x, xo + position, 1, dy, go + position, 1, dx, do + position, 1, n,
+                    shift[c], k_dy[c], k_x[c], k_const[c],
+                )
+                position += n
+                c = c + 1 if c + 1 < N3 else 0
+        return
     for p in prange(parts):
         position = _part_start(np.int64(p), total, parts)
         stop = _part_start(np.int64(p) + 1, total, parts)
