@@ -14,8 +14,8 @@ RUN_CHUNK = 4096
 ROW_BLOCKS = 64
 
 #: Fewer row blocks for smaller inputs: at least this many values per block,
-#: as each block also costs O(C) scratch and work to set up and merge (1 MiB
-#: of float32 keeps the scratch below 1% of the input).
+#: as each block also costs O(C) scratch and work to set up and merge, which
+#: must stay small next to the block's own values.
 ROW_BLOCK_VALUES = 262144
 
 #: Inputs with fewer values than this run on the calling thread: waking the
