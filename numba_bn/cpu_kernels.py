@@ -36,7 +36,7 @@ _SERIAL = dict(cache=True, fastmath=config.FASTMATH)
 
 #: Flat tiles of packed rows hold at least this many values (a multiple of 8
 #: whenever C allows), long enough for full-width SIMD in the tile loop.
-_TILE_VALUES = 64
+_TILE_VALUES = 512
 
 
 def _parallel_and_serial(function):

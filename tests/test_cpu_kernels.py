@@ -18,6 +18,7 @@ from reference import ref_batch_stats
 # channels-first runs whose length does and does not divide the work unit.
 CASES = [
     ((300, 3), 1),
+    ((1500, 3), 1),
     ((97, 5), 1),
     ((40, 64), 1),
     ((33, 100), 1),
@@ -67,6 +68,7 @@ def assert_same_bits(a, b):
 def test_serial_parallel_and_thread_counts_agree_bitwise(shape, channel_axis, layout, monkeypatch):
     x = make_input(shape, layout, np.float32)
     monkeypatch.setattr(config, "ROW_BLOCK_VALUES", 1)
+    monkeypatch.setattr(config, "ROW_BLOCKS", 3)  # blocks long enough for whole tiles
     monkeypatch.setattr(config, "RUN_CHUNK", 37)
     monkeypatch.setattr(config, "SERIAL_BELOW", 10**12)
     serial = run_all_operations(x, channel_axis)
@@ -87,6 +89,7 @@ def test_serial_parallel_and_thread_counts_agree_bitwise(shape, channel_axis, la
 @pytest.mark.parametrize("shape, channel_axis", CASES, ids=str)
 def test_kernels_match_reference(shape, channel_axis, layout, dtype, monkeypatch):
     monkeypatch.setattr(config, "ROW_BLOCK_VALUES", 1)
+    monkeypatch.setattr(config, "ROW_BLOCKS", 3)  # blocks long enough for whole tiles
     monkeypatch.setattr(config, "RUN_CHUNK", 37)
     monkeypatch.setattr(config, "SERIAL_BELOW", 0)
     x = make_input(shape, layout, dtype)
