@@ -13,7 +13,14 @@ negative strides are flipped, and adjacent axes are merged wherever every
 operand allows it, then padded with size-1 axes to exactly four. The same
 permutation is applied to all operands, so element ``i`` of one view lines up
 with element ``i`` of the others.
+
+``kernel_operands`` hands those views to the kernels as flat 1-D buffers with
+an element origin and element strides (a unit stride lets the innermost loop
+vectorise); C-contiguous arrays, the common case, skip the view building.
 """
+
+import functools
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -75,3 +82,77 @@ def kernel_views(channel_axis, inputs, outputs=()):
             view_strides = (channel_strides[k], *strides)
         views.append(as_strided(a, view_shape, view_strides, writeable=k >= len(inputs)))
     return layout, views[: len(inputs)], views[len(inputs) :]
+
+
+def _flat_operand(view):
+    """``(buffer, origin, strides)``: a 1-D buffer over ``view``'s memory and element offsets.
+
+    ``buffer[origin + sum(i * s)]`` is ``view[i...]``; the buffer starts at the
+    lowest address the view touches, so negative strides work too.
+    """
+    itemsize = view.itemsize
+    strides = tuple(s // itemsize if n > 1 or s % itemsize == 0 else 0 for n, s in zip(view.shape, view.strides))
+    origin = sum((n - 1) * -s for n, s in zip(view.shape, strides) if s < 0)
+    span = 1 + sum((n - 1) * abs(s) for n, s in zip(view.shape, strides))
+    lowest = view[tuple(slice(n - 1, n) if s < 0 else slice(0, 1) for n, s in zip(view.shape, strides))]
+    buffer = as_strided(lowest, (span,), (itemsize,), writeable=view.flags.writeable)
+    return buffer, origin, strides
+
+
+def _in_memory_order(shape, strides_per_operand):
+    """Reorder the four outer axes of a runs shape by decreasing stride of the first operand.
+
+    Returns ``(shape, strides_per_operand, channel_position)`` with the
+    channel axis (axis 0 before) at ``channel_position``.
+    """
+    order = [i for i in range(4) if shape[i] == 1] + sorted(
+        (i for i in range(4) if shape[i] > 1), key=lambda i: -abs(strides_per_operand[0][i])
+    )
+    new_shape = tuple(shape[i] for i in order) + (shape[4],)
+    new_strides = [tuple(s[i] for i in order) + (s[4],) for s in strides_per_operand]
+    return new_shape, new_strides, order.index(0)
+
+
+def kernel_operands(channel_axis, inputs, outputs=(), memory_order=False):
+    """Flat operands for the kernels: ``(layout, shape, operands, channel_position)``.
+
+    ``operands`` holds one ``(buffer, origin, strides)`` per array (inputs,
+    then outputs), with element strides for the 5-D ``shape`` of ``layout``
+    (see ``kernel_views``). With ``memory_order`` a runs shape has its four
+    outer axes ordered by memory instead of channel-first, and
+    ``channel_position`` says where the channel axis went (elementwise
+    kernels walk memory in address order that way); it is 0 otherwise.
+    Every element stride must be a whole number of elements.
+    """
+    arrays = (*inputs, *outputs)
+    for a in arrays:
+        if not a.flags.c_contiguous:
+            break
+    else:
+        layout, shape, strides, position = _contiguous_layout(arrays[0].shape, channel_axis, memory_order)
+        buffers = [a.reshape(-1) for a in arrays]
+        for b in buffers[: len(inputs)]:
+            b.flags.writeable = False  # one compiled kernel for writeable and read-only input
+        return layout, shape, [(b, 0, strides) for b in buffers], position
+
+    layout, input_views, output_views = kernel_views(channel_axis, inputs, outputs)
+    operands = [_flat_operand(v) for v in (*input_views, *output_views)]
+    shape = input_views[0].shape
+    if layout == RUNS and memory_order:
+        shape, strides, position = _in_memory_order(shape, [op[2] for op in operands])
+        return layout, shape, [(op[0], op[1], s) for op, s in zip(operands, strides)], position
+    return layout, shape, operands, 0
+
+
+@functools.lru_cache(maxsize=256)
+def _contiguous_layout(shape, channel_axis, memory_order):
+    """``(layout, shape, strides, channel_position)`` of C-contiguous arrays: (outer, C, inner) in memory."""
+    axis = channel_axis % len(shape)
+    channels = shape[axis]
+    outer = math.prod(shape[:axis])
+    inner = math.prod(shape[axis + 1 :])
+    if inner == 1:
+        return ROWS, (1, 1, 1, outer, channels), (0, 0, 0, channels, 1), 0
+    if memory_order:
+        return RUNS, (1, 1, outer, channels, inner), (0, 0, channels * inner, inner, 1), 3
+    return RUNS, (channels, 1, 1, outer, inner), (inner, 0, 0, channels * inner, 1), 0

@@ -2,21 +2,26 @@
 
 Inputs arrive validated. Per-channel vectors go in and come out as float64;
 elementwise coefficients are passed in the compute dtype (float32 for float16
-and float32 data, float64 for float64 data).
+and float32 data, float64 for float64 data). Inputs smaller than
+``config.SERIAL_BELOW`` values run on the calling thread only.
 """
 
 import numpy as np
 
 from . import config, cpu_kernels
-from ._layout import ROWS, kernel_views
+from ._layout import ROWS, RUNS, kernel_operands
 from ._threading import serialize_unless_thread_safe
 
 
 def _kernel_array(array):
-    """The array as the kernels read it: float16 as its uint16 bits, native byte order."""
-    if not array.dtype.isnative:
-        array = array.astype(array.dtype.newbyteorder("="))
-    if array.dtype == np.float16:
+    """The array as the kernels read it: float16 as its uint16 bits, native byte order,
+    strides in whole elements."""
+    dtype = array.dtype
+    if not dtype.isnative:
+        array = array.astype(dtype.newbyteorder("="))
+    elif not array.flags.c_contiguous and any(s % dtype.itemsize for s in array.strides):
+        array = np.ascontiguousarray(array)
+    if dtype.char == "e":  # float16
         return array.view(np.uint16)
     return array
 
@@ -26,17 +31,39 @@ def _output_dtype(kernel_array):
     return np.float16 if kernel_array.dtype == np.uint16 else kernel_array.dtype
 
 
-def _split_parameter(layout):
-    return config.ROW_BLOCKS if layout == ROWS else config.RUN_CHUNK
+_KERNELS = {
+    (name, layout, serial): getattr(cpu_kernels, f"{name}_{layout}{'_serial' if serial else ''}")
+    for name in ("channel_stats", "normalize", "grad_sums", "grad_input")
+    for layout in (ROWS, RUNS)
+    for serial in (False, True)
+}
+
+
+def _kernel(name, layout, size):
+    """The ``name`` kernel for ``layout``, serial when ``size`` is below the threshold."""
+    return _KERNELS[name, layout, size < config.SERIAL_BELOW]
+
+
+def _row_blocks(x):
+    """Row blocks for an input of ``x``'s size: ``config.ROW_BLOCKS`` or fewer when small."""
+    return max(1, min(config.ROW_BLOCKS, x.size // config.ROW_BLOCK_VALUES))
+
+
+def _split(layout, x):
+    return _row_blocks(x) if layout == ROWS else config.RUN_CHUNK
+
+
+def _elementwise_part():
+    """Values per parallel part of an elementwise pass over runs."""
+    return 16 * config.RUN_CHUNK
 
 
 @serialize_unless_thread_safe
 def channel_stats(x, channel_axis):
     """``(count, mean, m2)`` per channel: count is an int, mean and M2 float64."""
-    layout, (xv,), _ = kernel_views(channel_axis, [_kernel_array(x)])
-    kernel = cpu_kernels.channel_stats_rows if layout == ROWS else cpu_kernels.channel_stats_runs
-    counts, mean, m2 = kernel(xv, _split_parameter(layout))
-    return int(counts[0]), mean, m2
+    layout, shape, ((xb, xo, xs),), _ = kernel_operands(channel_axis, [_kernel_array(x)])
+    count, mean, m2 = _kernel("channel_stats", layout, x.size)(xb, xo, xs, shape, _split(layout, x))
+    return int(count), mean, m2
 
 
 @serialize_unless_thread_safe
@@ -44,20 +71,24 @@ def normalize(x, channel_axis, shift, scale, offset):
     """New C-contiguous ``(x - shift) * scale + offset`` (per channel), ``x``'s dtype in native byte order."""
     x = _kernel_array(x)
     y = np.empty(x.shape, _output_dtype(x))
-    layout, (xv,), (yv,) = kernel_views(channel_axis, [x], [_kernel_array(y)])
-    kernel = cpu_kernels.normalize_rows if layout == ROWS else cpu_kernels.normalize_runs
-    kernel(xv, yv, shift, scale, offset, _split_parameter(layout))
+    layout, shape, ((xb, xo, xs), (yb, yo, ys)), position = kernel_operands(
+        channel_axis, [x], [_kernel_array(y)], memory_order=True
+    )
+    kernel = _kernel("normalize", layout, x.size)
+    if layout == ROWS:
+        kernel(xb, xo, xs, yb, yo, ys, shape, shift, scale, offset, _row_blocks(x))
+    else:
+        kernel(xb, xo, xs, yb, yo, ys, shape, position, shift, scale, offset, _elementwise_part())
     return y
 
 
 @serialize_unless_thread_safe
 def grad_sums(x, grad_output, channel_axis, mean):
     """Per-channel float64 ``sum(dy)`` and ``sum(dy * (x - mean))``."""
-    layout, (xv, dyv), _ = kernel_views(
+    layout, shape, ((xb, xo, xs), (gb, go, gs)), _ = kernel_operands(
         channel_axis, [_kernel_array(x), _kernel_array(grad_output)]
     )
-    kernel = cpu_kernels.grad_sums_rows if layout == ROWS else cpu_kernels.grad_sums_runs
-    return kernel(xv, dyv, mean, _split_parameter(layout))
+    return _kernel("grad_sums", layout, x.size)(xb, xo, xs, gb, go, gs, shape, mean, _split(layout, x))
 
 
 @serialize_unless_thread_safe
@@ -65,9 +96,15 @@ def grad_input(x, grad_output, channel_axis, shift, k_dy, k_x, k_const):
     """New C-contiguous ``k_dy * dy + k_x * (x - shift) + k_const``, ``x``'s dtype in native byte order."""
     x = _kernel_array(x)
     dx = np.empty(x.shape, _output_dtype(x))
-    layout, (xv, dyv), (dxv,) = kernel_views(
-        channel_axis, [x, _kernel_array(grad_output)], [_kernel_array(dx)]
+    layout, shape, ((xb, xo, xs), (gb, go, gs), (db, do, ds)), position = kernel_operands(
+        channel_axis, [x, _kernel_array(grad_output)], [_kernel_array(dx)], memory_order=True
     )
-    kernel = cpu_kernels.grad_input_rows if layout == ROWS else cpu_kernels.grad_input_runs
-    kernel(xv, dyv, dxv, shift, k_dy, k_x, k_const, _split_parameter(layout))
+    kernel = _kernel("grad_input", layout, x.size)
+    if layout == ROWS:
+        kernel(xb, xo, xs, gb, go, gs, db, do, ds, shape, shift, k_dy, k_x, k_const, _row_blocks(x))
+    else:
+        kernel(
+            xb, xo, xs, gb, go, gs, db, do, ds, shape, position,
+            shift, k_dy, k_x, k_const, _elementwise_part(),
+        )
     return dx

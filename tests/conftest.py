@@ -22,9 +22,12 @@ if numba_config.ENABLE_CUDASIM:
 
 @pytest.fixture
 def small_work_units(monkeypatch):
-    """Shrink the kernels' work units so small inputs span many units and blocks."""
+    """Shrink the kernels' work units so small inputs span many units and blocks,
+    and run them on the thread pool (the parallel kernels) despite their size."""
     monkeypatch.setattr(config, "RUN_CHUNK", 7)
     monkeypatch.setattr(config, "ROW_BLOCKS", 5)
+    monkeypatch.setattr(config, "ROW_BLOCK_VALUES", 1)
+    monkeypatch.setattr(config, "SERIAL_BELOW", 0)
 
 
 @pytest.fixture

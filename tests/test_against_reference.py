@@ -233,6 +233,8 @@ def tiny_work_units(monkeypatch):
     """Shrink the kernels' work units so that small inputs span many of them."""
     monkeypatch.setattr(config, "RUN_CHUNK", 3)
     monkeypatch.setattr(config, "ROW_BLOCKS", 4)
+    monkeypatch.setattr(config, "ROW_BLOCK_VALUES", 1)
+    monkeypatch.setattr(config, "SERIAL_BELOW", 0)  # the thread-pool kernels, despite the size
 
 
 @pytest.mark.parametrize("module_dtype, input_dtype", DTYPES)

@@ -1,0 +1,135 @@
+"""The CPU kernels' internal paths: serial twins, thread counts, tiles of packed rows.
+
+Public-API tests use small inputs, which run on the serial kernels; these
+tests also drive the thread-pool kernels, the packed-rows tiles (full tiles
+and tails, for channel counts that do and do not divide the tile) and the
+strided fallbacks, and require every variant to give the same bits.
+"""
+
+import numba
+import numpy as np
+import pytest
+
+from numba_bn import config, cpu_backend
+
+from reference import ref_batch_stats
+
+# (shape, channel_axis): packed rows with C that divides the tile or not, and
+# channels-first runs whose length does and does not divide the work unit.
+CASES = [
+    ((300, 3), 1),
+    ((1500, 3), 1),
+    ((97, 5), 1),
+    ((40, 64), 1),
+    ((33, 100), 1),
+    ((6, 7, 11, 3), -1),
+    ((5, 3, 17, 19), 1),
+    ((3, 2, 4, 5, 31), 1),
+]
+LAYOUTS = ["contiguous", "strided"]
+
+
+def make_input(shape, layout, dtype, seed=0):
+    values = (np.random.default_rng(seed).standard_normal(shape) * 3 + 50).astype(dtype)
+    if layout == "strided":  # every other element along the last axis: the general-stride loops
+        padded = np.zeros(shape[:-1] + (2 * shape[-1],), dtype)
+        padded[..., ::2] = values
+        return padded[..., ::2]
+    return values
+
+
+def run_all_operations(x, channel_axis):
+    """Every backend operation on ``x``, with ``dy`` derived from ``x``."""
+    axis = channel_axis % x.ndim
+    channels = x.shape[axis]
+    compute = np.float64 if x.dtype == np.float64 else np.float32
+    dy = np.flip(x, axis=0)  # a second operand with other values and the same layout
+    rng = np.random.default_rng(1)
+    shift, scale, offset, extra = (rng.standard_normal(channels).astype(compute) for _ in range(4))
+    count, mean, m2 = cpu_backend.channel_stats(x, axis)
+    return {
+        "count": np.array(count),
+        "mean": mean,
+        "m2": m2,
+        "normalize": cpu_backend.normalize(x, axis, shift, scale, offset),
+        "grad_sums": np.stack(cpu_backend.grad_sums(x, dy, axis, mean)),
+        "grad_input": cpu_backend.grad_input(x, dy, axis, shift, scale, offset, extra),
+    }
+
+
+def assert_same_bits(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape, channel_axis", CASES, ids=str)
+def test_serial_parallel_and_thread_counts_agree_bitwise(shape, channel_axis, layout, monkeypatch):
+    x = make_input(shape, layout, np.float32)
+    monkeypatch.setattr(config, "ROW_BLOCK_VALUES", 1)
+    monkeypatch.setattr(config, "ROW_BLOCKS", 3)  # blocks long enough for whole tiles
+    monkeypatch.setattr(config, "RUN_CHUNK", 37)
+    monkeypatch.setattr(config, "SERIAL_BELOW", 10**12)
+    serial = run_all_operations(x, channel_axis)
+    monkeypatch.setattr(config, "SERIAL_BELOW", 0)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_thread = run_all_operations(x, channel_axis)
+    finally:
+        numba.set_num_threads(threads)
+    all_threads = run_all_operations(x, channel_axis)
+    assert_same_bits(serial, one_thread)
+    assert_same_bits(serial, all_threads)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape, channel_axis", CASES, ids=str)
+def test_kernels_match_reference(shape, channel_axis, layout, dtype, monkeypatch):
+    monkeypatch.setattr(config, "ROW_BLOCK_VALUES", 1)
+    monkeypatch.setattr(config, "ROW_BLOCKS", 3)  # blocks long enough for whole tiles
+    monkeypatch.setattr(config, "RUN_CHUNK", 37)
+    monkeypatch.setattr(config, "SERIAL_BELOW", 0)
+    x = make_input(shape, layout, dtype)
+    axis = channel_axis % x.ndim
+    out = run_all_operations(x, channel_axis)
+    mean, var, count = ref_batch_stats(x, channel_axis)
+    assert out["count"] == count
+    np.testing.assert_allclose(out["mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(out["m2"] / count, var, rtol=1e-9)
+
+    broadcast = [1] * x.ndim
+    broadcast[axis] = x.shape[axis]
+    compute = np.float64 if dtype == np.float64 else np.float32
+    rng = np.random.default_rng(1)
+    shift, scale, offset, extra = (
+        rng.standard_normal(x.shape[axis]).astype(compute).reshape(broadcast) for _ in range(4)
+    )
+    x64 = x.astype(np.float64)
+    dy64 = np.flip(x, axis=0).astype(np.float64)
+    tolerance = {np.float16: 2e-3, np.float32: 1e-5, np.float64: 1e-12}[dtype]
+    expected_y = (x64 - shift) * scale + offset
+    np.testing.assert_allclose(out["normalize"], expected_y, rtol=tolerance, atol=tolerance * np.abs(expected_y).max())
+    expected_dx = scale * dy64 + offset * (x64 - shift) + extra
+    np.testing.assert_allclose(out["grad_input"], expected_dx, rtol=tolerance, atol=tolerance * np.abs(expected_dx).max())
+    reduce = tuple(i for i in range(x.ndim) if i != axis)
+    expected_sums = np.stack([dy64.sum(axis=reduce), (dy64 * (x64 - mean.reshape(broadcast))).sum(axis=reduce)])
+    np.testing.assert_allclose(out["grad_sums"], expected_sums, rtol=1e-9, atol=1e-9 * np.abs(dy64).sum())
+
+
+def test_strides_that_are_not_whole_elements():
+    """A field of a packed record array steps 5 bytes per float32: read through a copy."""
+    records = np.zeros((12, 3), dtype=[("value", "<f4"), ("flag", "u1")])
+    values = np.random.default_rng(2).standard_normal((12, 3)).astype(np.float32)
+    records["value"] = values
+    x = records["value"]
+    assert x.strides[1] % x.itemsize
+    count, mean, m2 = cpu_backend.channel_stats(x, 1)
+    expected_mean, expected_var, expected_count = ref_batch_stats(values, 1)
+    assert count == expected_count
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
+    np.testing.assert_allclose(m2 / count, expected_var, rtol=1e-9)
+    ones = np.ones(3, np.float32)
+    np.testing.assert_array_equal(cpu_backend.normalize(x, 1, 0 * ones, ones, 0 * ones), values)
