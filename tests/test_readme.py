@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from numba_bn import cli
-from numba_bn.bench.implementations import cuda_available
+from numba_bn.bench.implementations import cuda_available, torch_cuda_available
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -44,10 +44,20 @@ def test_readme_has_blocks_of_both_kinds():
     assert {language for language, _ in BLOCKS} <= {"python", "bash", "text"}
 
 
+def _skip_unless_gpu_peers_present(code):
+    """Skip a GPU block unless numba.cuda (GPU or simulator) and the libraries it uses work."""
+    if not cuda_available():
+        pytest.skip("this block needs numba.cuda (a GPU or NUMBA_ENABLE_CUDASIM=1)")
+    if "import torch" in code and not (importlib.util.find_spec("torch") and torch_cuda_available()):
+        pytest.skip("this block needs PyTorch with CUDA")
+    if "import cupy" in code:
+        pytest.importorskip("cupy")
+
+
 @pytest.mark.parametrize("code", PYTHON_BLOCKS, ids=lambda code: code.splitlines()[-1][:40])
 def test_python_block_runs(code, tmp_path, monkeypatch):
-    if "cuda" in code and not cuda_available():
-        pytest.skip("this block needs a CUDA GPU")
+    if "cuda" in code:
+        _skip_unless_gpu_peers_present(code)
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
 
@@ -88,7 +98,14 @@ def _accepts(parser: argparse.ArgumentParser, arguments):
     return True
 
 
+# Environment settings a README command may start with.
+KNOWN_VARIABLES = {"NUMBA_ENABLE_CUDASIM", "NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR", "NUMBA_THREADING_LAYER"}
+
+
 def _check_command(words):
+    while words and re.fullmatch(r"\w+=\S*", words[0]):
+        assert words[0].split("=")[0] in KNOWN_VARIABLES, f"unexpected setting {words[0]}"
+        words = words[1:]
     program, arguments = words[0], words[1:]
     if program == "pip":
         assert arguments[0] == "install", words
