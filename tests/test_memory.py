@@ -179,6 +179,9 @@ def _small_steps(modules, inputs):
     nbn.batch_norm(inputs[0], None, None, training=True)
 
 
+_CALLS_PER_STEP = 3 * 4 + 2  # what _small_steps calls on _leak_fixture's three modules
+
+
 def _leak_fixture():
     modules = [nbn.BatchNorm2d(3), nbn.BatchNorm2d(5, channel_axis=-1), nbn.BatchNorm1d(4, dtype=np.float64)]
     inputs = [_random((4, 3, 5, 5), np.float32), _random((4, 5, 6, 5), np.float32), _random((16, 4), np.float64)]
@@ -213,8 +216,11 @@ def test_resident_memory_stays_flat_over_many_small_calls(one_thread):
 def test_no_allocation_made_by_numba_bn_outlives_its_call(one_thread):
     """Allocations made in numba_bn's code (NumPy's and the kernels' alike) are all freed.
 
-    Only the package's own lines count: NumPy's ``as_strided`` (used to build
-    the kernels' views) keeps a slowly growing internal cache of its own.
+    Only the package's own lines count. NumPy keeps freed small blocks (array
+    dimensions and strides) in a bounded cache of its own, which tracemalloc
+    still sees as allocated: it fills over the first few thousand calls and
+    its growth then fades, so the check compares a window of calls after a
+    traced warm-up window, and allows less than one byte per call.
     """
     modules, inputs = _leak_fixture()
     for _ in range(50):
@@ -227,14 +233,16 @@ def test_no_allocation_made_by_numba_bn_outlives_its_call(one_thread):
 
     tracemalloc.start(1)
     try:
-        _small_steps(modules, inputs)
+        for _ in range(200):  # warm-up window, traced: NumPy's block cache fills here
+            _small_steps(modules, inputs)
         before = traced_in_package()
-        for _ in range(200):  # 3,600 calls: a leak of one byte per call would show
+        for _ in range(200):
             _small_steps(modules, inputs)
         after = traced_in_package()
     finally:
         tracemalloc.stop()
-    assert after - before < 1024, after - before
+    calls = 200 * _CALLS_PER_STEP
+    assert after - before < calls, f"{after - before} bytes kept over {calls} calls"
 
 
 # ---------------------------------------------- input modified before backward

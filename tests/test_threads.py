@@ -20,18 +20,22 @@ import pytest
 
 import numba_bn as nbn
 from isolated import run_script
-from numba_bn import _threading
+from numba_bn import _threading, config
 from thread_workloads import mismatches, run_concurrently, workloads
 
 
-def test_concurrent_calls_give_sequential_results():
+@pytest.mark.parametrize("kernels", ["parallel", "serial-for-small"])
+def test_concurrent_calls_give_sequential_results(kernels, monkeypatch):
+    if kernels == "parallel":
+        monkeypatch.setattr(config, "SERIAL_BELOW", 0)  # these small inputs would run serially
     table = workloads(dtypes=(np.float32, np.float64))
     concurrent = run_concurrently(table, copies=2, rounds=3)
     assert all(len(runs) == 6 for runs in concurrent.values())
     assert mismatches(table, concurrent) == []
 
 
-def test_guard_knows_the_active_layer():
+def test_guard_knows_the_active_layer(monkeypatch):
+    monkeypatch.setattr(config, "SERIAL_BELOW", 0)
     nbn.batch_stats(np.ones((3, 2)))  # a parallel kernel has run: the layer is chosen
     expected = numba.threading_layer() in _threading.THREAD_SAFE_LAYERS
     assert _threading.active_layer_is_thread_safe() is expected
