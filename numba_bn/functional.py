@@ -8,6 +8,8 @@ keeps any state: the caller owns the parameters and running buffers.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from . import _core
@@ -202,6 +204,7 @@ def batch_norm(
         )
     if running_mean is None and not training:
         raise ValueError("expected running_mean and running_var when training=False, got None")
+    check_vector: Callable[..., Array]  # the host and device checks differ in optional arguments
     if on_device:
         core, check_vector = _cuda_core(), check_device_vector
     else:

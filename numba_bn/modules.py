@@ -94,7 +94,7 @@ class _BatchNorm:
     grad_weight: Array | None
     grad_bias: Array | None
 
-    _input_ranks = ()
+    _input_ranks: tuple[int, ...] = ()
     _rank_description = ""
     _ARRAY_NAMES = ("weight", "bias", "running_mean", "running_var", "grad_weight", "grad_bias")
 
@@ -220,7 +220,7 @@ class _BatchNorm:
                 x, axis, None, self.running_mean, self.running_var, self.weight, self.bias, self.eps
             )
         if updates_buffers:
-            self.num_batches_tracked += 1
+            self.num_batches_tracked += 1  # type: ignore[operator]  # an int while tracking
             factor = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
             core.update_running(self.running_mean, self.running_var, stats, factor)
         self._saved = saved
