@@ -1,4 +1,34 @@
-"""PyTorch-compatible Batch Normalization for NumPy arrays, with Numba kernels."""
+"""PyTorch-compatible Batch Normalization for NumPy arrays, with Numba kernels.
+
+``numba_bn`` computes batch normalisation with the semantics of
+``torch.nn.BatchNorm*d`` and ``torch.nn.functional.batch_norm``, without
+PyTorch: on NumPy arrays with parallel Numba CPU kernels, or on NVIDIA GPUs
+with ``numba.cuda`` kernels (``device="cuda"``). The CPU path works on
+machines without CUDA.
+
+Public API
+----------
+BatchNorm1d, BatchNorm2d, BatchNorm3d
+    Modules with parameters, running statistics, ``forward``/``backward``,
+    training and evaluation modes, ``state_dict``/``load_state_dict`` and
+    device moves; channels-first or channels-last input (``channel_axis``).
+batch_norm
+    The stateless ``torch.nn.functional.batch_norm``.
+batch_stats
+    Per-channel mean, biased variance and count in one pass.
+cuda_stream
+    A context manager that queues the GPU work on a chosen CUDA stream.
+
+Examples
+--------
+>>> import numpy as np
+>>> import numba_bn as nbn
+>>> bn = nbn.BatchNorm2d(8)
+>>> x = np.random.default_rng(0).standard_normal((4, 8, 6, 6), dtype=np.float32)
+>>> y = bn(x)                              # training mode: batch statistics
+>>> grad_x = bn.backward(np.ones_like(y))  # also sets bn.grad_weight, bn.grad_bias
+>>> y_eval = bn.eval()(x)                  # evaluation mode: running statistics
+"""
 
 from ._stream import cuda_stream
 from .functional import batch_norm, batch_stats

@@ -2,8 +2,13 @@
 
 The input picks the path: a NumPy array runs on the CPU, a ``numba.cuda``
 device array (or any ``__cuda_array_interface__`` object) on the GPU, and the
-other array arguments must then live on the same device.
+other array arguments must then live on the same device. Neither function
+keeps any state: the caller owns the parameters and running buffers.
 """
+
+from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -18,6 +23,7 @@ from ._validation import (
     check_real,
     check_values_per_channel,
 )
+from ._typing import Array
 
 
 def _check_input(x, channel_axis):
@@ -39,14 +45,52 @@ def _cuda_core():
     return _cuda_core
 
 
-def batch_stats(x, *, channel_axis=1):
+def batch_stats(x: Array, *, channel_axis: int = 1) -> tuple[Array, Array, int]:
     """Per-channel mean, biased variance and count of ``x``.
 
     Computed in one pass with float64 partial (count, mean, M2) states merged
-    by Chan's formula. The statistics are float64 for float64 input and
-    float32 otherwise; ``count`` is the number of values per channel (an int).
-    An empty input gives NaN statistics and count 0. For a device array the
-    statistics are device arrays.
+    by Chan's formula, so large offsets do not cancel as in
+    ``E[x**2] - E[x]**2``.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or DeviceArray
+        Input of 2 or more dimensions with the channels on ``channel_axis``,
+        of float16, float32 or float64 (any strides and byte order). A
+        NumPy array runs on the CPU, a device array on the GPU.
+    channel_axis : {1, -1}, default 1
+        Keyword-only. 1 for channels-first ``(N, C, ...)``, -1 for
+        channels-last ``(N, ..., C)``.
+
+    Returns
+    -------
+    mean : numpy.ndarray or DeviceArray
+        ``(C,)``: float64 for float64 input, float32 otherwise; on ``x``'s
+        device. NaN for an empty input.
+    var : numpy.ndarray or DeviceArray
+        ``(C,)``: the biased variance (divided by ``count``), same dtype and
+        device as ``mean``; NaN for an empty input.
+    count : int
+        The number of values per channel: the product of the other axes' sizes.
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not a NumPy or CUDA array of a float dtype, or
+        ``channel_axis`` is not an int.
+    ValueError
+        ``x`` has fewer than 2 dimensions, or ``channel_axis`` is not 1 or -1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numba_bn as nbn
+    >>> x = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
+    >>> mean, var, count = nbn.batch_stats(x)
+    >>> count, mean.dtype
+    (4, dtype('float32'))
+    >>> bool(np.allclose(mean, x.mean(axis=(0, 2)))), bool(np.allclose(var, x.var(axis=(0, 2))))
+    (True, True)
     """
     x, axis, on_device = _check_input(x, channel_axis)
     dtype = _core.compute_dtype(x)
@@ -63,24 +107,89 @@ def batch_stats(x, *, channel_axis=1):
 
 
 def batch_norm(
-    x,
-    running_mean,
-    running_var,
-    weight=None,
-    bias=None,
-    training=False,
-    momentum=0.1,
-    eps=1e-5,
+    x: Array,
+    running_mean: Array | None,
+    running_var: Array | None,
+    weight: Array | None = None,
+    bias: Array | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
     *,
-    channel_axis=1,
-):
+    channel_axis: int = 1,
+) -> Array:
     """Batch normalisation with ``torch.nn.functional.batch_norm``'s contract.
 
-    With ``training=True`` the batch's statistics normalise ``x`` and, when
-    ``running_mean``/``running_var`` are given, are blended into them in place
-    with ``momentum`` (the unbiased variance for ``running_var``). With
-    ``training=False`` the running buffers normalise ``x``. Returns a new
-    C-contiguous array of ``x``'s shape and dtype, on ``x``'s device.
+    With ``training=True`` the batch's mean and biased variance normalise
+    ``x`` and, when ``running_mean``/``running_var`` are given, are blended
+    into them in place: ``running = (1 - momentum) * running + momentum *
+    batch``, with the unbiased variance for ``running_var`` (an empty batch
+    leaves them unchanged). With ``training=False`` the running buffers
+    normalise ``x``. Then ``weight`` scales and ``bias`` shifts each channel,
+    when given.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or DeviceArray
+        Input of 2 or more dimensions with ``C`` channels on
+        ``channel_axis``, of float16, float32 or float64 (any strides and
+        byte order). A NumPy array runs on the CPU, a device array on the
+        GPU; the other arrays must then be on the same device.
+    running_mean, running_var : numpy.ndarray or DeviceArray or None
+        ``(C,)`` float arrays (any float dtype, independent of ``x``'s), both
+        given or both None. Required when ``training=False``; updated in
+        place when ``training=True`` (so they must be writeable).
+    weight, bias : numpy.ndarray or DeviceArray or None, optional
+        ``(C,)`` float arrays: the per-channel scale and shift, or None for
+        1 and 0.
+    training : bool, default False
+        Normalise with the batch's statistics (and update the running
+        buffers) instead of the running buffers.
+    momentum : float, default 0.1
+        The weight of the batch in the running-buffer update (any finite
+        real; None is not accepted, unlike the modules' ``momentum``).
+    eps : float, default 1e-5
+        Added to the variance before its square root (0 or more).
+    channel_axis : {1, -1}, default 1
+        Keyword-only. 1 for channels-first ``(N, C, ...)``, -1 for
+        channels-last ``(N, ..., C)`` (read without a transposed copy).
+
+    Returns
+    -------
+    numpy.ndarray or DeviceArray
+        A new C-contiguous array of ``x``'s shape and dtype (in native byte
+        order), on ``x``'s device.
+
+    Raises
+    ------
+    TypeError
+        An array argument is not a NumPy array (CPU) or device array (GPU),
+        or has a non-float dtype; ``training`` is not a bool; ``momentum``,
+        ``eps`` or ``channel_axis`` is not a number of the right kind.
+    ValueError
+        ``x`` has fewer than 2 dimensions; a vector's shape is not ``(C,)``;
+        only one of ``running_mean``/``running_var`` is given, or neither
+        with ``training=False``; a running buffer to update is read-only;
+        ``eps`` is negative or a number is not finite; ``channel_axis`` is
+        not 1 or -1; or ``training=True`` with one value per channel. A call
+        that raises modifies nothing.
+
+    Notes
+    -----
+    There is no backward here; use the modules for gradients. Unlike
+    PyTorch, ``x`` may be float16 with float32 (or any float) vectors, and
+    the statistics are accumulated in float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numba_bn as nbn
+    >>> x = np.random.default_rng(0).normal(3.0, 1.0, size=(32, 4, 5)).astype(np.float32)
+    >>> running_mean, running_var = np.zeros(4, np.float32), np.ones(4, np.float32)
+    >>> y = nbn.batch_norm(x, running_mean, running_var, training=True, momentum=1.0)
+    >>> bool(np.allclose(running_mean, x.mean(axis=(0, 2))))
+    True
+    >>> y_eval = nbn.batch_norm(x, running_mean, running_var)  # training=False
     """
     x, axis, on_device = _check_input(x, channel_axis)
     channels, _ = channel_count(x, axis)
@@ -95,6 +204,7 @@ def batch_norm(
         )
     if running_mean is None and not training:
         raise ValueError("expected running_mean and running_var when training=False, got None")
+    check_vector: Callable[..., Array]  # the host and device checks differ in optional arguments
     if on_device:
         core, check_vector = _cuda_core(), check_device_vector
     else:

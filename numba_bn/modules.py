@@ -1,6 +1,20 @@
-"""``BatchNorm1d``, ``BatchNorm2d`` and ``BatchNorm3d`` with PyTorch's semantics."""
+"""``BatchNorm1d``, ``BatchNorm2d`` and ``BatchNorm3d`` with PyTorch's semantics.
+
+The three classes share one implementation and differ only in the input ranks
+they accept. Each module owns its parameters (``weight``, ``bias``) and
+running buffers (``running_mean``, ``running_var``, ``num_batches_tracked``)
+as NumPy arrays on ``device="cpu"`` or ``numba.cuda`` device arrays on
+``device="cuda"``. There is no autograd: ``backward(grad_output)`` returns the
+input's gradient for the most recent ``forward`` and stores the parameters'
+gradients in ``grad_weight`` and ``grad_bias``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, TypeVar
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from . import _core
 from ._device import (
@@ -12,7 +26,8 @@ from ._device import (
     to_device,
     to_host,
 )
-from ._state import COUNTER_KEY, read_state
+from ._state import COUNTER_KEY, IncompatibleKeys, read_state
+from ._typing import Array
 from ._validation import (
     check_bool,
     check_channel_axis,
@@ -29,6 +44,9 @@ from ._validation import (
 )
 
 SUPPORTED_DEVICES = ("cpu", "cuda")
+
+#: The concrete module class, so that ``train``/``to``/... are typed as returning it.
+_Module = TypeVar("_Module", bound="_BatchNorm")
 
 
 def _check_device(device):
@@ -59,23 +77,40 @@ def _on_device(array, device):
 class _BatchNorm:
     """Shared implementation; subclasses fix the accepted input ranks."""
 
-    _input_ranks = ()
+    num_features: int
+    eps: float
+    momentum: float | None
+    affine: bool
+    track_running_stats: bool
+    dtype: np.dtype
+    device: str
+    channel_axis: int
+    training: bool
+    weight: Array | None
+    bias: Array | None
+    running_mean: Array | None
+    running_var: Array | None
+    num_batches_tracked: int | None
+    grad_weight: Array | None
+    grad_bias: Array | None
+
+    _input_ranks: tuple[int, ...] = ()
     _rank_description = ""
     _ARRAY_NAMES = ("weight", "bias", "running_mean", "running_var", "grad_weight", "grad_bias")
 
     def __init__(
         self,
-        num_features,
-        eps=1e-5,
-        momentum=0.1,
-        affine=True,
-        track_running_stats=True,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
         *,
-        bias=True,
-        dtype=np.float32,
-        device="cpu",
-        channel_axis=1,
-    ):
+        bias: bool = True,
+        dtype: DTypeLike = np.float32,
+        device: str = "cpu",
+        channel_axis: int = 1,
+    ) -> None:
         self.num_features = check_num_features(num_features)
         self.eps = check_real("eps", eps, minimum=0.0)
         self.momentum = None if momentum is None else check_real("momentum", momentum, 0.0, 1.0)
@@ -105,14 +140,70 @@ class _BatchNorm:
 
     # ------------------------------------------------------------ forward
 
-    def __call__(self, x):
+    def __call__(self, x: Array) -> Array:
+        """Normalise ``x``: the same as :meth:`forward`.
+
+        Parameters
+        ----------
+        x : numpy.ndarray or DeviceArray
+            The input batch; see :meth:`forward`.
+
+        Returns
+        -------
+        numpy.ndarray or DeviceArray
+            The normalised batch; see :meth:`forward`.
+        """
         return self.forward(x)
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         """Normalise ``x``; in training mode also update the running buffers.
 
-        Returns a new C-contiguous array with ``x``'s shape and dtype (a
-        ``numba.cuda`` device array on ``device="cuda"``).
+        In training mode, or whenever ``track_running_stats=False``, ``x`` is
+        normalised with its own per-channel mean and biased variance. In
+        training mode with ``track_running_stats=True`` the module then adds 1
+        to ``num_batches_tracked`` and blends the batch's mean and **unbiased**
+        variance into ``running_mean`` and ``running_var`` in place, with
+        factor ``momentum`` (``1 / num_batches_tracked`` when ``momentum`` is
+        None). In evaluation mode with tracked statistics the running buffers
+        normalise ``x`` and nothing is updated. Then ``weight`` scales and
+        ``bias`` shifts each channel, when they exist. The input is kept by
+        reference for :meth:`backward`.
+
+        Parameters
+        ----------
+        x : numpy.ndarray or DeviceArray
+            The batch, of a rank this class accepts, with ``num_features``
+            channels on ``channel_axis``; any strides and byte order. Its
+            dtype must be the module's ``dtype`` (float16 is also accepted by
+            a float32 module). On ``device="cpu"`` a NumPy array, on
+            ``device="cuda"`` a ``numba.cuda`` device array or any object
+            with ``__cuda_array_interface__`` (read without a copy).
+
+        Returns
+        -------
+        numpy.ndarray or DeviceArray
+            A new C-contiguous array of ``x``'s shape and dtype (in native
+            byte order): a NumPy array on the CPU, a ``numba.cuda`` device
+            array on the GPU.
+
+        Raises
+        ------
+        TypeError
+            ``x`` is not an array of the module's device (e.g. a list, or a
+            device array given to a CPU module), or has another dtype.
+        ValueError
+            ``x`` has the wrong rank or channel count, or a single value per
+            channel while batch statistics are needed (PyTorch's check);
+            or a parameter or buffer reassigned by the user has the wrong
+            shape or is read-only while it must be updated. The matching
+            ``TypeError`` is raised for a reassigned array of the wrong type
+            or dtype. A call that raises changes no parameter, buffer or counter.
+
+        Notes
+        -----
+        Unlike PyTorch there is no type promotion: convert ``x`` with
+        ``x.astype(...)`` or build the module with the input's ``dtype``.
+        The statistics are accumulated in float64 whatever the dtype.
         """
         x = self._check_input(x)
         core = _cuda_core() if self.device == "cuda" else _core
@@ -129,18 +220,54 @@ class _BatchNorm:
                 x, axis, None, self.running_mean, self.running_var, self.weight, self.bias, self.eps
             )
         if updates_buffers:
-            self.num_batches_tracked += 1
+            self.num_batches_tracked += 1  # type: ignore[operator]  # an int while tracking
             factor = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
             core.update_running(self.running_mean, self.running_var, stats, factor)
         self._saved = saved
         return y
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: Array) -> Array:
         """Gradient of the loss w.r.t. the input of the most recent forward.
 
-        Also sets ``grad_weight`` and ``grad_bias`` (overwriting them) when the
-        module is affine. After an eval-mode forward the running statistics
-        are treated as constants.
+        Also sets ``grad_weight`` and ``grad_bias`` (overwriting them, not
+        accumulating) when the module is affine; ``grad_bias`` stays None
+        with ``bias=False``. After a forward that normalised with batch
+        statistics, the gradient flows through the batch's mean and variance
+        as in PyTorch; after an eval-mode forward that used the running
+        statistics they are treated as constants. The parameters used are
+        those of the forward (its ``weight`` is remembered), and backward may
+        be called again for another ``grad_output``.
+
+        Parameters
+        ----------
+        grad_output : numpy.ndarray or DeviceArray
+            Gradient of the loss w.r.t. the forward's output: the forward
+            input's shape and dtype, on the module's device (any strides).
+
+        Returns
+        -------
+        numpy.ndarray or DeviceArray
+            ``grad_input``, a new C-contiguous array of the forward input's
+            shape and dtype, on the module's device.
+
+        Raises
+        ------
+        RuntimeError
+            No forward has been recorded (none yet, or the module was moved
+            with :meth:`to` since).
+        TypeError
+            ``grad_output`` is not an array of the module's device, or its
+            dtype differs from the forward input's.
+        ValueError
+            ``grad_output``'s shape differs from the forward input's; or, on
+            the CPU, the forward's input was modified in place since the
+            forward (checked on a fixed sample of its elements).
+
+        Notes
+        -----
+        The forward's input is read again here, by reference, instead of
+        keeping a copy: do not modify it between forward and backward.
+        ``grad_weight`` and ``grad_bias`` have the module's ``dtype``.
         """
         saved = self._saved
         if saved is None:
@@ -206,23 +333,70 @@ class _BatchNorm:
 
     # ------------------------------------------------------------- modes
 
-    def train(self, mode=True):
-        """Set training mode (``mode=True``) or evaluation mode; returns ``self``."""
+    def train(self: _Module, mode: bool = True) -> _Module:
+        """Set training mode (``mode=True``) or evaluation mode.
+
+        Parameters
+        ----------
+        mode : bool, default True
+            True for training mode (normalise with batch statistics and update
+            the running buffers), False for evaluation mode.
+
+        Returns
+        -------
+        BatchNorm1d, BatchNorm2d or BatchNorm3d
+            ``self``, so that calls chain: ``bn.train()(x)``.
+
+        Raises
+        ------
+        ValueError
+            ``mode`` is not a bool (PyTorch's exception type and message).
+        """
         if not isinstance(mode, (bool, np.bool_)):
             raise ValueError(f"training mode is expected to be boolean, got {describe_type(mode)}")
         self.training = bool(mode)
         return self
 
-    def eval(self):
-        """Set evaluation mode; returns ``self``."""
+    def eval(self: _Module) -> _Module:
+        """Set evaluation mode: the same as ``train(False)``.
+
+        Returns
+        -------
+        BatchNorm1d, BatchNorm2d or BatchNorm3d
+            ``self``.
+        """
         return self.train(False)
 
-    def to(self, device):
-        """Move parameters, buffers and gradients to ``device``; returns ``self``.
+    def to(self: _Module, device: str) -> _Module:
+        """Move parameters, buffers and gradients to ``device``, in place.
 
         On ``"cuda"`` they become ``numba.cuda`` device arrays, on ``"cpu"``
-        NumPy arrays. A move forgets the recorded forward (its input lives on
-        the old device): call forward again before backward.
+        NumPy arrays (copies), and ``self.device`` changes. A move forgets the
+        recorded forward (its input lives on the old device): call forward
+        again before backward. Moving to the current device does nothing.
+
+        Parameters
+        ----------
+        device : {"cpu", "cuda"}
+            The target device.
+
+        Returns
+        -------
+        BatchNorm1d, BatchNorm2d or BatchNorm3d
+            ``self``.
+
+        Raises
+        ------
+        TypeError
+            ``device`` is not a str.
+        ValueError
+            ``device`` is neither ``"cpu"`` nor ``"cuda"``, or it is
+            ``"cuda"`` and no usable CUDA device (or simulator) is found.
+
+        Notes
+        -----
+        Unlike PyTorch's ``Module.to``, only a device is accepted (no dtype,
+        no ``torch.device``); there is one module dtype, fixed at construction.
         """
         device = _check_device(device)
         if device == self.device:
@@ -234,25 +408,50 @@ class _BatchNorm:
         self._saved = None
         return self
 
-    def cpu(self):
-        """Move parameters and buffers to the host; returns ``self``."""
+    def cpu(self: _Module) -> _Module:
+        """Move parameters, buffers and gradients to the host: ``to("cpu")``.
+
+        Returns
+        -------
+        BatchNorm1d, BatchNorm2d or BatchNorm3d
+            ``self``.
+        """
         return self.to("cpu")
 
-    def cuda(self):
-        """Move parameters and buffers to the GPU; returns ``self``."""
+    def cuda(self: _Module) -> _Module:
+        """Move parameters, buffers and gradients to the GPU: ``to("cuda")``.
+
+        Returns
+        -------
+        BatchNorm1d, BatchNorm2d or BatchNorm3d
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            No usable CUDA device (or simulator) is found.
+        """
         return self.to("cuda")
 
     # ------------------------------------------------------------- state
 
-    def reset_running_stats(self):
-        """Running mean 0, running variance 1, batch counter 0 (in place)."""
+    def reset_running_stats(self) -> None:
+        """Set the running mean to 0, the running variance to 1 and the batch counter to 0.
+
+        The arrays are filled in place (views of them see the change); nothing
+        happens when the module does not track running statistics.
+        """
         if self.track_running_stats:
             self._fill("running_mean", 0)
             self._fill("running_var", 1)
             self.num_batches_tracked = 0
 
-    def reset_parameters(self):
-        """Reset the running statistics, weight to 1 and bias to 0 (in place)."""
+    def reset_parameters(self) -> None:
+        """Reset the running statistics (see :meth:`reset_running_stats`), ``weight`` to 1 and ``bias`` to 0.
+
+        All in place; parameters that do not exist are skipped. The gradients
+        are left as they are.
+        """
         self.reset_running_stats()
         if self.weight is not None:
             self._fill("weight", 1)
@@ -276,8 +475,26 @@ class _BatchNorm:
             keys += ["running_mean", "running_var", COUNTER_KEY]
         return keys
 
-    def state_dict(self):
-        """Copies of the parameters and buffers under PyTorch's keys."""
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters and buffers under PyTorch's keys.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            Host NumPy copies (also on ``device="cuda"``), in this order and
+            only for what the configuration has: ``weight`` and ``bias``
+            (``(C,)``, module ``dtype``), ``running_mean`` and ``running_var``
+            (``(C,)``, module ``dtype``) and ``num_batches_tracked`` (an int64
+            0-d array). Gradients are not included.
+
+        Examples
+        --------
+        >>> import numba_bn as nbn
+        >>> list(nbn.BatchNorm1d(4).state_dict())
+        ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked']
+        >>> list(nbn.BatchNorm1d(4, affine=False, track_running_stats=False).state_dict())
+        []
+        """
         state = {}
         for key in self._state_keys():
             if key == COUNTER_KEY:
@@ -287,12 +504,43 @@ class _BatchNorm:
                 state[key] = to_host(value) if is_device_array(value) else np.array(value, copy=True)
         return state
 
-    def load_state_dict(self, state, strict=True):
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         """Load a ``state_dict()`` of this class or of the PyTorch module.
 
-        Values are copied into the existing arrays (cast to the module's dtype).
-        Everything is validated before anything is assigned. Returns
-        ``IncompatibleKeys(missing_keys, unexpected_keys)``.
+        Values are cast to the module's ``dtype`` and copied into the existing
+        arrays (on the module's device) when those have the right shape and
+        dtype and are writeable, else they replace them.
+        ``num_batches_tracked`` becomes a Python int. Everything is validated
+        before anything is assigned, so a call that raises leaves the module
+        unchanged.
+
+        Parameters
+        ----------
+        state : mapping of str to array-like
+            Values under PyTorch's keys (see :meth:`state_dict`): NumPy
+            arrays, PyTorch tensors (on any device), numbers or lists, all
+            read as host arrays. A missing ``num_batches_tracked`` is allowed,
+            as in PyTorch, and leaves the counter as it is.
+        strict : bool, default True
+            Require exactly the module's keys. With False, missing keys keep
+            their current values and unexpected keys are ignored.
+
+        Returns
+        -------
+        IncompatibleKeys
+            A named tuple ``(missing_keys, unexpected_keys)`` of lists of key
+            names, as PyTorch returns (both empty after a strict load).
+
+        Raises
+        ------
+        TypeError
+            ``state`` is not a mapping, ``strict`` is not a bool, or a value
+            cannot be read as an array of real numbers.
+        ValueError
+            With ``strict=True``, missing or unexpected keys (all named);
+            whatever ``strict``, a vector whose shape is not ``(C,)`` or a
+            ``num_batches_tracked`` that is not a non-negative integer
+            scalar (the key is named).
         """
         strict = check_bool("strict", strict)
         values, incompatible = read_state(state, self._state_keys(), self.num_features, strict)
@@ -318,7 +566,18 @@ class _BatchNorm:
                 setattr(self, key, value.astype(self.dtype))
         return incompatible
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
+        """The constructor arguments shown inside ``repr(self)``, in PyTorch's form.
+
+        ``bias`` is always shown (PyTorch's repr omits it); ``channel_axis``
+        and ``dtype`` only when they are not the defaults (1 and float32).
+
+        Returns
+        -------
+        str
+            For example ``"3, eps=1e-05, momentum=0.1, affine=True, bias=True,
+            track_running_stats=True"``.
+        """
         text = (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
             f"affine={self.affine}, bias={self._use_bias}, "
@@ -330,26 +589,171 @@ class _BatchNorm:
             text += f", dtype={self.dtype}"
         return text
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
+# The constructor, attributes, errors and differences from PyTorch are the same
+# for the three classes: their docstrings share this text (help() shows it whole).
+_SHARED_CLASS_DOC = """
+    Parameters
+    ----------
+    num_features : int
+        ``C``, the number of channels (1 or more).
+    eps : float, default 1e-5
+        Added to the variance before its square root (0 or more).
+    momentum : float or None, default 0.1
+        Weight of each training batch in the running statistics, in [0, 1]:
+        ``running = (1 - momentum) * running + momentum * batch``. None gives
+        the cumulative average of all tracked batches (factor
+        ``1 / num_batches_tracked``).
+    affine : bool, default True
+        Learn a per-channel scale ``weight`` and, unless ``bias=False``, a
+        shift ``bias``.
+    track_running_stats : bool, default True
+        Keep ``running_mean``, ``running_var`` and ``num_batches_tracked``
+        for evaluation mode. Without them every forward, in either mode,
+        normalises with the batch's own statistics.
+    bias : bool, default True
+        Keyword-only. With ``affine=True``, False keeps ``weight`` but no
+        ``bias`` (a scale-only affine, as in current PyTorch). No effect
+        without ``affine``.
+    dtype : numpy.float32 or numpy.float64, default numpy.float32
+        Keyword-only. Dtype of the parameters, buffers and gradients, and of
+        the input accepted (a float32 module also takes float16 input).
+    device : {"cpu", "cuda"}, default "cpu"
+        Keyword-only. Where the parameters and buffers live and the kernels
+        run: NumPy arrays and Numba CPU kernels, or ``numba.cuda`` device
+        arrays and CUDA kernels.
+    channel_axis : {1, -1}, default 1
+        Keyword-only. The axis of the channels: 1 for channels-first input
+        (PyTorch's layout), -1 for channels-last (Keras/TensorFlow's), which
+        is read as it is, without a transposed copy.
+
+    Attributes
+    ----------
+    weight : numpy.ndarray or DeviceArray or None
+        ``(C,)`` of ``dtype``, initially ones; None when ``affine=False``.
+    bias : numpy.ndarray or DeviceArray or None
+        ``(C,)`` of ``dtype``, initially zeros; None when ``affine=False`` or
+        ``bias=False``.
+    running_mean, running_var : numpy.ndarray or DeviceArray or None
+        ``(C,)`` of ``dtype``, initially zeros and ones, updated in place by
+        training forwards; None when ``track_running_stats=False``.
+    num_batches_tracked : int or None
+        The number of training forwards while tracking statistics (a Python
+        int); None when ``track_running_stats=False``.
+    grad_weight, grad_bias : numpy.ndarray or DeviceArray or None
+        ``(C,)`` of ``dtype``: the gradients set (overwritten) by
+        :meth:`backward`; None before it, and when the parameter does not exist.
+    training : bool
+        True (training mode) after construction; see :meth:`train`, :meth:`eval`.
+    num_features, eps, momentum, affine, track_running_stats, channel_axis, device
+        The constructor's arguments, checked (``device`` follows :meth:`to`).
+    dtype : numpy.dtype
+        The ``dtype`` argument as a ``numpy.dtype``.
+
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type (e.g. a float ``num_features``, a
+        non-bool flag, a non-str ``device``), or a ``dtype`` other than
+        float32 or float64.
+    ValueError
+        An argument out of range (``num_features`` < 1, negative or infinite
+        ``eps``, ``momentum`` outside [0, 1], ``channel_axis`` other than 1
+        or -1, a device other than "cpu" and "cuda"), or ``device="cuda"``
+        without a usable CUDA device.
+
+    Notes
+    -----
+    Differences from ``torch.nn.BatchNorm*d``: gradients come from an
+    explicit :meth:`backward` (no autograd), which overwrites ``grad_weight``
+    and ``grad_bias``; the input's dtype must match the module's (no type
+    promotion; float16 into a float32 module is the one mixed case);
+    ``momentum`` must lie in [0, 1]; ``num_batches_tracked`` is a Python int,
+    not a tensor; ``channel_axis=-1`` reads channels-last input; devices are
+    the strings "cpu" and "cuda". Statistics are accumulated in float64, so
+    results can differ from PyTorch's float32 ones in the last bits.
+"""
+
+
 class BatchNorm1d(_BatchNorm):
-    """Batch normalisation over ``(N, C)`` or ``(N, C, L)`` input (``(N, L, C)`` with channel_axis=-1)."""
+    __doc__ = (
+        """Batch normalisation over a batch of feature vectors or sequences.
+
+    Accepts ``(N, C)`` or ``(N, C, L)`` input, or ``(N, L, C)`` with
+    ``channel_axis=-1``; statistics are per channel ``C`` over all other axes.
+    """
+        + _SHARED_CLASS_DOC
+        + """
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numba_bn as nbn
+    >>> bn = nbn.BatchNorm1d(3)
+    >>> x = np.random.default_rng(0).normal(5.0, 2.0, size=(64, 3)).astype(np.float32)
+    >>> y = bn(x)
+    >>> bool(np.allclose(y.mean(axis=0), 0, atol=1e-5)), bool(np.allclose(y.std(axis=0), 1, atol=1e-3))
+    (True, True)
+    >>> bn.num_batches_tracked
+    1
+    >>> grad_x = bn.backward(np.ones_like(y))
+    >>> bn.grad_bias
+    array([64., 64., 64.], dtype=float32)
+    """
+    )
 
     _input_ranks = (2, 3)
     _rank_description = "2D or 3D"
 
 
 class BatchNorm2d(_BatchNorm):
-    """Batch normalisation over ``(N, C, H, W)`` input (``(N, H, W, C)`` with channel_axis=-1)."""
+    __doc__ = (
+        """Batch normalisation over a batch of images (2-D feature maps).
+
+    Accepts ``(N, C, H, W)`` input, or ``(N, H, W, C)`` with
+    ``channel_axis=-1``; statistics are per channel ``C`` over all other axes.
+    """
+        + _SHARED_CLASS_DOC
+        + """
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numba_bn as nbn
+    >>> bn = nbn.BatchNorm2d(3, channel_axis=-1)
+    >>> images = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)  # channels last
+    >>> y = bn(images)
+    >>> y.shape, y.dtype
+    ((8, 16, 16, 3), dtype('float32'))
+    >>> y_eval = bn.eval()(images)  # normalised with the running statistics
+    """
+    )
 
     _input_ranks = (4,)
     _rank_description = "4D"
 
 
 class BatchNorm3d(_BatchNorm):
-    """Batch normalisation over ``(N, C, D, H, W)`` input (``(N, D, H, W, C)`` with channel_axis=-1)."""
+    __doc__ = (
+        """Batch normalisation over a batch of volumes (3-D feature maps).
+
+    Accepts ``(N, C, D, H, W)`` input, or ``(N, D, H, W, C)`` with
+    ``channel_axis=-1``; statistics are per channel ``C`` over all other axes.
+    """
+        + _SHARED_CLASS_DOC
+        + """
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numba_bn as nbn
+    >>> bn = nbn.BatchNorm3d(2, dtype=np.float64, momentum=None)
+    >>> volumes = np.random.default_rng(0).standard_normal((4, 2, 3, 5, 5))
+    >>> y = bn(volumes)
+    >>> bn
+    BatchNorm3d(2, eps=1e-05, momentum=None, affine=True, bias=True, track_running_stats=True, dtype=float64)
+    """
+    )
 
     _input_ranks = (5,)
     _rank_description = "5D"
