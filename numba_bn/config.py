@@ -18,6 +18,11 @@ ROW_BLOCKS = 64
 #: must stay small next to the block's own values.
 ROW_BLOCK_VALUES = 262144
 
+#: Reductions over rows give each block at least this many rows: a block's
+#: partial state is two float64 vectors of C values, which must stay small
+#: next to the block's own data (1/64 of it for float32) when C is large.
+ROW_BLOCK_MIN_ROWS = 256
+
 #: Inputs with fewer values than this run on the calling thread: waking the
 #: thread pool costs more than it saves on work this small.
 SERIAL_BELOW = 32768

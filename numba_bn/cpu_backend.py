@@ -49,8 +49,16 @@ def _row_blocks(x):
     return max(1, min(config.ROW_BLOCKS, x.size // config.ROW_BLOCK_VALUES))
 
 
-def _split(layout, x):
-    return _row_blocks(x) if layout == ROWS else config.RUN_CHUNK
+def _split(layout, x, shape):
+    """Work split of a reduction over the kernel ``shape``: the run chunk, or row blocks.
+
+    Row blocks are also bounded by the row count, so that their partial
+    states (O(C) each) stay small next to the data when C is large.
+    """
+    if layout != ROWS:
+        return config.RUN_CHUNK
+    rows = shape[0] * shape[1] * shape[2] * shape[3]  # (A, B, D, R, C)
+    return max(1, min(_row_blocks(x), rows // config.ROW_BLOCK_MIN_ROWS))
 
 
 def _elementwise_part():
@@ -62,7 +70,7 @@ def _elementwise_part():
 def channel_stats(x, channel_axis):
     """``(count, mean, m2)`` per channel: count is an int, mean and M2 float64."""
     layout, shape, ((xb, xo, xs),), _ = kernel_operands(channel_axis, [_kernel_array(x)])
-    count, mean, m2 = _kernel("channel_stats", layout, x.size)(xb, xo, xs, shape, _split(layout, x))
+    count, mean, m2 = _kernel("channel_stats", layout, x.size)(xb, xo, xs, shape, _split(layout, x, shape))
     return int(count), mean, m2
 
 
@@ -88,7 +96,7 @@ def grad_sums(x, grad_output, channel_axis, mean):
     layout, shape, ((xb, xo, xs), (gb, go, gs)), _ = kernel_operands(
         channel_axis, [_kernel_array(x), _kernel_array(grad_output)]
     )
-    return _kernel("grad_sums", layout, x.size)(xb, xo, xs, gb, go, gs, shape, mean, _split(layout, x))
+    return _kernel("grad_sums", layout, x.size)(xb, xo, xs, gb, go, gs, shape, mean, _split(layout, x, shape))
 
 
 @serialize_unless_thread_safe

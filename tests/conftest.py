@@ -27,6 +27,7 @@ def small_work_units(monkeypatch):
     monkeypatch.setattr(config, "RUN_CHUNK", 7)
     monkeypatch.setattr(config, "ROW_BLOCKS", 5)
     monkeypatch.setattr(config, "ROW_BLOCK_VALUES", 1)
+    monkeypatch.setattr(config, "ROW_BLOCK_MIN_ROWS", 1)
     monkeypatch.setattr(config, "SERIAL_BELOW", 0)
 
 

@@ -234,6 +234,7 @@ def tiny_work_units(monkeypatch):
     monkeypatch.setattr(config, "RUN_CHUNK", 3)
     monkeypatch.setattr(config, "ROW_BLOCKS", 4)
     monkeypatch.setattr(config, "ROW_BLOCK_VALUES", 1)
+    monkeypatch.setattr(config, "ROW_BLOCK_MIN_ROWS", 1)
     monkeypatch.setattr(config, "SERIAL_BELOW", 0)  # the thread-pool kernels, despite the size
 
 

@@ -68,6 +68,7 @@ def assert_same_bits(a, b):
 def test_serial_parallel_and_thread_counts_agree_bitwise(shape, channel_axis, layout, monkeypatch):
     x = make_input(shape, layout, np.float32)
     monkeypatch.setattr(config, "ROW_BLOCK_VALUES", 1)
+    monkeypatch.setattr(config, "ROW_BLOCK_MIN_ROWS", 1)
     monkeypatch.setattr(config, "ROW_BLOCKS", 3)  # blocks long enough for whole tiles
     monkeypatch.setattr(config, "RUN_CHUNK", 37)
     monkeypatch.setattr(config, "SERIAL_BELOW", 10**12)
@@ -89,6 +90,7 @@ def test_serial_parallel_and_thread_counts_agree_bitwise(shape, channel_axis, la
 @pytest.mark.parametrize("shape, channel_axis", CASES, ids=str)
 def test_kernels_match_reference(shape, channel_axis, layout, dtype, monkeypatch):
     monkeypatch.setattr(config, "ROW_BLOCK_VALUES", 1)
+    monkeypatch.setattr(config, "ROW_BLOCK_MIN_ROWS", 1)
     monkeypatch.setattr(config, "ROW_BLOCKS", 3)  # blocks long enough for whole tiles
     monkeypatch.setattr(config, "RUN_CHUNK", 37)
     monkeypatch.setattr(config, "SERIAL_BELOW", 0)
