@@ -230,7 +230,8 @@ def run_bench(args: argparse.Namespace) -> int:
     print(format_text_table(results))
     print()
     print("vs X: X's time / numba_bn's time (above 1: numba_bn is faster). "
-          "% copy: time of np.copyto of the input's size / numba_bn's time.")
+          "% copy: numba_bn's bandwidth (its least memory traffic / time) over a parallel copy's "
+          "of the input's size.")
     print(f"{machine['cpu']}, {threads} threads, device {args.device}, {args.dtype}; "
           + ", ".join(f"{impl.name}: {impl.description}" for impl in chosen))
     if args.json:

@@ -56,13 +56,14 @@ def render(data: dict) -> str:
     if machine is None:
         raise ValueError("the file lacks machine_info.numba_bn: was it written by benchmarks/ (its conftest)?")
     command = data.get("command", "python -m pytest benchmarks --benchmark-enable")
-    ceilings = ", ".join(f"{name.replace('_', ' ')} {100 / copies:.0f}%" for name, copies in MIN_COPIES.items())
+    traffic = ", ".join(f"{name.replace('_', ' ')} {copies:g}" for name, copies in MIN_COPIES.items())
     parts = [
         markdown_table(results),
         "",
-        "*vs X*: X's time / numba_bn's time (above 1: numba_bn is faster). *% of copy*: time of "
-        "`np.copyto` of an array of the input's size / numba_bn's time; the least memory traffic of "
-        f"each operation caps it at: {ceilings}. Times are pytest-benchmark minima.",
+        "*vs X*: X's time / numba_bn's time (above 1: numba_bn is faster). *% of copy*: numba_bn's "
+        "memory bandwidth over that of a parallel copy of an array of the input's size (same threads), "
+        "counting for numba_bn the least traffic of its operation, in copies of the input: "
+        f"{traffic}. Times are pytest-benchmark minima.",
     ]
     startup = startup_table(startup_from_pytest_benchmark(data))
     if startup:
