@@ -10,6 +10,8 @@ them. That costs O(SAMPLE_SIZE) whatever the input's size, and misses only
 changes that leave every sampled element bit-identical.
 """
 
+import functools
+
 import numpy as np
 
 #: Elements recorded per forward; arrays this small are recorded whole.
@@ -18,12 +20,15 @@ SAMPLE_SIZE = 64
 _GOLDEN_FRACTION = (5**0.5 - 1) / 2
 
 
+@functools.lru_cache(maxsize=64)  # a training loop sees the same few sizes at every step
 def _sample_positions(size):
-    """Flat indices of the sampled elements of an array of ``size`` elements."""
+    """Flat indices (read-only) of the sampled elements of an array of ``size`` elements."""
     if size <= SAMPLE_SIZE:
-        return np.arange(size)
-    positions = (np.arange(SAMPLE_SIZE) * _GOLDEN_FRACTION % 1.0 * size).astype(np.int64)
-    positions[0], positions[1] = 0, size - 1
+        positions = np.arange(size)
+    else:
+        positions = (np.arange(SAMPLE_SIZE) * _GOLDEN_FRACTION % 1.0 * size).astype(np.int64)
+        positions[0], positions[1] = 0, size - 1
+    positions.flags.writeable = False
     return positions
 
 

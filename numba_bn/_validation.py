@@ -4,6 +4,7 @@ Every check raises before anything is computed or stored, with a message that
 names what was expected and what was given.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -100,9 +101,10 @@ def check_parameter_dtype(value):
 def check_channel_vector(name, value, channels, dtype=None, writeable=False):
     """A ``(channels,)`` float array; of exactly ``dtype`` when one is given."""
     check_ndarray(name, value)
-    if dtype is not None and value.dtype != dtype:
-        raise TypeError(f"expected {name} of dtype {dtype}, got {value.dtype}")
-    if value.dtype.newbyteorder("=") not in COMPUTE_DTYPE:
+    if dtype is not None:  # a float dtype (a module's): equality settles both checks
+        if value.dtype != dtype:
+            raise TypeError(f"expected {name} of dtype {dtype}, got {value.dtype}")
+    elif value.dtype.newbyteorder("=") not in COMPUTE_DTYPE:
         raise TypeError(f"expected {name} of a float dtype, got {value.dtype}")
     if value.shape != (channels,):
         raise ValueError(f"expected {name} of shape ({channels},), got {value.shape}")
@@ -120,7 +122,7 @@ def channel_count(x, channel_axis):
 def values_per_channel(x, channel_axis):
     """Number of values in each channel: the product of the non-channel axes."""
     axis = channel_axis % x.ndim
-    return int(np.prod([n for i, n in enumerate(x.shape) if i != axis], dtype=np.int64))
+    return math.prod(n for i, n in enumerate(x.shape) if i != axis)  # exact Python ints
 
 
 def check_channels(x, channel_axis, expected):
