@@ -6,6 +6,7 @@ from numba import config as numba_config
 from numba import cuda
 
 from numba_bn._device import is_device_array
+from state_snapshot import ARRAYS
 
 SIMULATOR = bool(numba_config.ENABLE_CUDASIM)
 REAL_GPU = not SIMULATOR and cuda.is_available()
@@ -13,8 +14,6 @@ REAL_GPU = not SIMULATOR and cuda.is_available()
 needs_cuda = pytest.mark.skipif(not cuda.is_available(), reason="needs a GPU or NUMBA_ENABLE_CUDASIM=1")
 needs_real_gpu = pytest.mark.skipif(not REAL_GPU, reason="needs a real CUDA GPU (not the simulator)")
 
-_ARRAYS = ("weight", "bias", "running_mean", "running_var", "grad_weight", "grad_bias")
-_SCALARS = ("num_batches_tracked", "training", "eps", "momentum", "device", "channel_axis")
 
 
 def host(array):
@@ -31,31 +30,9 @@ class HostView:
     """A CUDA module's state copied to the host, for the CPU tests' checkers."""
 
     def __init__(self, module):
-        for name in _ARRAYS:
+        for name in ARRAYS:
             setattr(self, name, host(getattr(module, name)))
         self.num_batches_tracked = module.num_batches_tracked
         self.training = module.training
 
 
-def device_snapshot(module):
-    state = {name: getattr(module, name) for name in _SCALARS}
-    for name in _ARRAYS:
-        value = getattr(module, name)
-        state[name] = None if value is None else (value, host(value))
-    state["_saved"] = module._saved
-    return state
-
-
-def assert_device_unchanged(module, before):
-    after = device_snapshot(module)
-    for name in _SCALARS:
-        assert after[name] == before[name], name
-    assert after["_saved"] is before["_saved"]
-    for name in _ARRAYS:
-        if before[name] is None:
-            assert after[name] is None, name
-            continue
-        original, values = before[name]
-        current, now = after[name]
-        assert current is original, f"{name} was replaced"
-        np.testing.assert_array_equal(now, values, err_msg=name)

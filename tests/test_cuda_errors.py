@@ -10,7 +10,8 @@ import pytest
 from numba import cuda
 
 import numba_bn as nbn
-from cuda_support import assert_device_unchanged, device_snapshot, host, needs_cuda
+from cuda_support import host, needs_cuda
+from state_snapshot import assert_unchanged, snapshot
 from numba_bn import _device
 from state_snapshot import assert_unchanged, snapshot
 
@@ -27,12 +28,12 @@ def trained_on_device(cls=nbn.BatchNorm2d, shape=(4, 3, 5, 5), **kwargs):
 
 
 def raises_on_device_without_change(bn, call, error, *fragments):
-    before = device_snapshot(bn)
+    before = snapshot(bn)
     with pytest.raises(error) as info:
         call()
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
-    assert_device_unchanged(bn, before)
+    assert_unchanged(bn, before)
 
 
 # ------------------------------------------------------ device mismatches

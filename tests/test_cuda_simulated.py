@@ -14,6 +14,7 @@ from numba import cuda
 
 import numba_bn as nbn
 from cuda_support import HostView, host, needs_cuda
+from matrix import AXES
 from numba_bn import config
 from numba_bn._device import is_device_array
 from reference import RefBatchNorm, ref_batch_stats, ref_forward, ref_running_update
@@ -40,7 +41,6 @@ LAYOUTS = [
     pytest.param(nbn.BatchNorm2d, (3, 4, 5, 7), id="2d"),
     pytest.param(nbn.BatchNorm3d, (2, 3, 3, 4, 5), id="3d"),
 ]
-AXES = [pytest.param(1, id="cfirst"), pytest.param(-1, id="clast")]
 DTYPES = {
     "f32": (np.float32, np.float32),
     "f64": (np.float64, np.float64),

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import numba_bn as nbn
+from matrix import AXES, DTYPES
 
 torch = pytest.importorskip("torch")
 
@@ -40,12 +41,6 @@ LAYOUTS = [
     pytest.param(nbn.BatchNorm1d, (6, 3, 11), id="1d-NCL"),
     pytest.param(nbn.BatchNorm2d, (3, 4, 5, 7), id="2d"),
     pytest.param(nbn.BatchNorm3d, (2, 3, 3, 5, 6), id="3d"),
-]
-AXES = [pytest.param(1, id="cfirst"), pytest.param(-1, id="clast")]
-DTYPES = [
-    pytest.param(np.float32, np.float32, id="f32"),
-    pytest.param(np.float64, np.float64, id="f64"),
-    pytest.param(np.float32, np.float16, id="f16in"),
 ]
 FLAGS = [
     pytest.param({}, id="default"),
