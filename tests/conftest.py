@@ -14,6 +14,22 @@ from numba import config as numba_config  # noqa: E402
 
 from numba_bn import config  # noqa: E402
 
+
+def pytest_sessionstart(session):
+    """With NUMBA_BN_REQUIRE_TORCH=1 (set by .ci/run), stop unless PyTorch imports,
+    so its parity tests fail the run instead of being skipped."""
+    if os.environ.get("NUMBA_BN_REQUIRE_TORCH") != "1":
+        return
+    try:
+        import torch  # noqa: F401
+    except Exception as error:  # ImportError, or a broken install failing as it loads
+        pytest.exit(
+            "NUMBA_BN_REQUIRE_TORCH=1 but PyTorch cannot be imported "
+            f"({type(error).__name__}: {error}); install torch==2.13.0 or unset the variable",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
 if numba_config.ENABLE_CUDASIM:
     # Simulated CUDA threads are Python threads meeting at barriers: switching
     # between them sooner makes barrier-heavy kernels several times faster.

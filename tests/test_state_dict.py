@@ -1,4 +1,4 @@
-"""state_dict / load_state_dict, resets and repr, without PyTorch."""
+"""state_dict / load_state_dict, resets and repr (PyTorch only for the tensor-dtype tests)."""
 
 import numpy as np
 import pytest
@@ -111,6 +111,168 @@ def test_bad_state_leaves_module_unchanged(change, error, fragments):
     for fragment in fragments:
         assert fragment in str(info.value)
     assert_unchanged(bn, before)
+
+
+BIG = 2**70
+
+
+@pytest.mark.parametrize(
+    "count, error, shown",
+    [
+        (float("inf"), ValueError, "inf"),
+        (-float("inf"), ValueError, "-inf"),
+        (float("nan"), ValueError, "nan"),
+        (np.float64("inf"), ValueError, "inf"),
+        (np.array(float("nan"), np.float32), ValueError, "nan"),
+        (BIG, ValueError, str(BIG)),
+        (np.float64(BIG), ValueError, str(float(BIG))),
+        (np.array(BIG, dtype=object), ValueError, str(BIG)),
+        (np.array([BIG], dtype=object), ValueError, str(BIG)),
+        (2**63, ValueError, str(2**63)),
+        (np.uint64(2**63), ValueError, str(2**63)),
+        (-1, ValueError, "-1"),
+        (np.int64(-1), ValueError, "-1"),
+        (1.5, ValueError, "1.5"),
+        (np.array([1.5]), ValueError, "1.5"),
+        (True, TypeError, "True"),
+        (np.True_, TypeError, "True"),
+        (np.array(False), TypeError, "False"),
+        (np.array([True]), TypeError, "True"),
+        (np.array(1 + 0j), TypeError, "complex128"),
+        ("3", TypeError, "<U1"),
+        (np.array(None, dtype=object), TypeError, "None"),
+    ],
+    ids=repr,
+)
+def test_bad_counter_raises_and_leaves_module_unchanged(count, error, shown):
+    bn = stepped()
+    state = stepped().state_dict()
+    state["num_batches_tracked"] = count
+    before = snapshot(bn)
+    with pytest.raises(error) as info:
+        bn.load_state_dict(state)
+    message = str(info.value)
+    assert "num_batches_tracked" in message and shown in message, message
+    assert message.startswith("expected ") and ", got " in message, message
+    assert_unchanged(bn, before)
+
+
+@pytest.mark.parametrize(
+    "count, expected",
+    [
+        (0, 0),
+        (2**63 - 1, 2**63 - 1),
+        (np.int32(4), 4),
+        (np.uint64(2**63 - 1), 2**63 - 1),
+        (np.float32(6.0), 6),
+        (np.float64(2.0**62), 2**62),
+        (np.array(9, np.int64), 9),  # as state_dict() saves it
+        (np.array([3]), 3),
+        (np.array(8.0), 8),
+        (np.array(5, dtype=object), 5),
+    ],
+    ids=repr,
+)
+def test_counter_forms_accepted(count, expected):
+    bn = stepped()
+    state = bn.state_dict()
+    state["num_batches_tracked"] = count
+    bn.load_state_dict(state)
+    assert bn.num_batches_tracked == expected and type(bn.num_batches_tracked) is int
+    assert bn.state_dict()["num_batches_tracked"] == expected
+
+
+def test_largest_counter_round_trips():
+    bn = stepped()
+    state = bn.state_dict()
+    state["num_batches_tracked"] = 2**63 - 1
+    bn.load_state_dict(state)
+    saved = bn.state_dict()["num_batches_tracked"]
+    assert saved.dtype == np.int64 and saved == 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    "count, error, shown",
+    [
+        ("inf", ValueError, "inf"),
+        ("nan", ValueError, "nan"),
+        ("bool", TypeError, "True"),
+        ("negative", ValueError, "-1"),
+        ("fraction", ValueError, "1.5"),
+    ],
+)
+def test_bad_counter_tensor(count, error, shown):
+    torch = pytest.importorskip("torch")
+    tensor = {
+        "inf": torch.tensor(float("inf")),
+        "nan": torch.tensor(float("nan")),
+        "bool": torch.tensor(True),
+        "negative": torch.tensor(-1),
+        "fraction": torch.tensor(1.5, dtype=torch.float64),
+    }[count]
+    bn = stepped()
+    state = bn.state_dict()
+    state["num_batches_tracked"] = tensor
+    before = snapshot(bn)
+    with pytest.raises(error) as info:
+        bn.load_state_dict(state)
+    assert "num_batches_tracked" in str(info.value) and shown in str(info.value)
+    assert_unchanged(bn, before)
+
+
+def test_counter_tensor_as_pytorch_saves_it():
+    torch = pytest.importorskip("torch")
+    bn = stepped()
+    state = bn.state_dict()
+    state["num_batches_tracked"] = torch.tensor(11, dtype=torch.int64)
+    bn.load_state_dict(state)
+    assert bn.num_batches_tracked == 11 and type(bn.num_batches_tracked) is int
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float8_e4m3fn", "float8_e5m2", "float16"])
+@pytest.mark.parametrize("our_dtype", [np.float32, np.float64])
+def test_load_low_precision_torch_state(dtype_name, our_dtype):
+    """A state dict of tensors NumPy has no dtype for loads as PyTorch loads it: cast."""
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch, dtype_name):
+        pytest.skip(f"this PyTorch has no torch.{dtype_name}")
+    torch_dtype = getattr(torch, dtype_name)
+    torch.manual_seed(0)
+    theirs = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        theirs.weight.uniform_(0.5, 2.0)
+        theirs.bias.uniform_(-1.0, 1.0)
+        for _ in range(3):
+            theirs(torch.randn(4, 3, 5, 5) * 3 + 1)
+    theirs.to(torch_dtype)
+    state = theirs.state_dict()
+    assert state["weight"].dtype == torch_dtype
+    assert state["num_batches_tracked"].dtype == torch.int64
+
+    # PyTorch's own reference: the same module cast back to float32/float64,
+    # and a fresh module of that dtype loading the low-precision state.
+    reference_dtype = torch.float32 if our_dtype == np.float32 else torch.float64
+    cast_back = {k: v.clone() for k, v in theirs.to(reference_dtype).state_dict().items()}
+    loaded = torch.nn.BatchNorm2d(3).to(reference_dtype)
+    loaded.load_state_dict(state)
+
+    ours = nbn.BatchNorm2d(3, dtype=our_dtype)
+    weight_object = ours.weight
+    result = ours.load_state_dict(state)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert ours.weight is weight_object
+    for key in ("weight", "bias", "running_mean", "running_var"):
+        value = getattr(ours, key)
+        assert value.dtype == our_dtype, key
+        np.testing.assert_array_equal(value, cast_back[key].numpy(), err_msg=key)
+        np.testing.assert_array_equal(value, loaded.state_dict()[key].numpy(), err_msg=key)
+    assert ours.num_batches_tracked == loaded.num_batches_tracked.item() == 3
+    assert type(ours.num_batches_tracked) is int
+
+    x = np.random.default_rng(3).standard_normal((2, 3, 4, 4)).astype(our_dtype)
+    expected = loaded.eval()(torch.from_numpy(x)).detach().numpy()
+    tolerance = 1e-6 if our_dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(ours.eval()(x), expected, rtol=tolerance, atol=tolerance)
 
 
 def test_state_must_be_a_mapping():
