@@ -30,7 +30,7 @@ Examples
 >>> y_eval = bn.eval()(x)                  # evaluation mode: running statistics
 """
 
-from ._stream import cuda_stream
+from .cuda.stream import cuda_stream
 from .functional import batch_norm, batch_stats
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
 

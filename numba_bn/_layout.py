@@ -22,7 +22,6 @@ vectorise); C-contiguous arrays, the common case, skip the view building.
 import functools
 import math
 
-import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 RUNS = "runs"

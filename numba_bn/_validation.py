@@ -9,13 +9,7 @@ import numbers
 
 import numpy as np
 
-#: Input dtypes the kernels read, and the dtype they compute in.
-COMPUTE_DTYPE = {
-    np.dtype(np.float16): np.dtype(np.float32),
-    np.dtype(np.float32): np.dtype(np.float32),
-    np.dtype(np.float64): np.dtype(np.float64),
-}
-PARAMETER_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from ._dtypes import COMPUTE_DTYPE, PARAMETER_DTYPES, native_dtype
 
 
 def describe_type(value):
@@ -34,18 +28,22 @@ def check_ndarray(name, value):
     return value
 
 
-def check_float_input(name, x):
-    """A NumPy array of float16/32/64 (any byte order)."""
-    check_ndarray(name, x)
-    if x.dtype.newbyteorder("=") not in COMPUTE_DTYPE:
-        raise TypeError(
-            f"expected {name} of dtype float16, float32 or float64, got {x.dtype}"
-        )
+def check_float_dtype(name, x):
+    """An array (of any device) of float16/32/64 data, in either byte order."""
+    if native_dtype(x) not in COMPUTE_DTYPE:
+        raise TypeError(f"expected {name} of dtype float16, float32 or float64, got {x.dtype}")
     return x
 
 
-def native_dtype(array):
-    return array.dtype.newbyteorder("=")
+def check_like(name, array, reference, reference_name):
+    """``array`` has ``reference``'s shape and (native) dtype."""
+    if tuple(array.shape) != tuple(reference.shape):
+        raise ValueError(
+            f"expected {name} of shape {tuple(reference.shape)} ({reference_name}), got {tuple(array.shape)}"
+        )
+    if native_dtype(array) != native_dtype(reference):
+        raise TypeError(f"expected {name} of dtype {native_dtype(reference)} ({reference_name}), got {array.dtype}")
+    return array
 
 
 def check_bool(name, value):
@@ -98,19 +96,21 @@ def check_parameter_dtype(value):
     return dtype
 
 
-def check_channel_vector(name, value, channels, dtype=None, writeable=False):
-    """A ``(channels,)`` float array; of exactly ``dtype`` when one is given."""
-    check_ndarray(name, value)
+def check_vector_fields(name, vector, channels, dtype=None, writeable=False):
+    """A ``(channels,)`` float array of any device; of exactly ``dtype`` when one is given.
+
+    ``writeable`` concerns host arrays only: device memory is always writeable.
+    """
     if dtype is not None:  # a float dtype (a module's): equality settles both checks
-        if value.dtype != dtype:
-            raise TypeError(f"expected {name} of dtype {dtype}, got {value.dtype}")
-    elif value.dtype.newbyteorder("=") not in COMPUTE_DTYPE:
-        raise TypeError(f"expected {name} of a float dtype, got {value.dtype}")
-    if value.shape != (channels,):
-        raise ValueError(f"expected {name} of shape ({channels},), got {value.shape}")
-    if writeable and not value.flags.writeable:
+        if vector.dtype != dtype:
+            raise TypeError(f"expected {name} of dtype {dtype}, got {vector.dtype}")
+    elif native_dtype(vector) not in COMPUTE_DTYPE:
+        raise TypeError(f"expected {name} of a float dtype, got {vector.dtype}")
+    if tuple(vector.shape) != (channels,):
+        raise ValueError(f"expected {name} of shape ({channels},), got {tuple(vector.shape)}")
+    if writeable and isinstance(vector, np.ndarray) and not vector.flags.writeable:
         raise ValueError(f"expected {name} to be writeable (it is updated in place), got a read-only array")
-    return value
+    return vector
 
 
 def channel_count(x, channel_axis):

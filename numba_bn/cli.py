@@ -292,7 +292,7 @@ def _cuda_lines() -> list[str]:
     if not cuda_available():
         return ["cuda: not available (no NVIDIA GPU or driver found by numba.cuda)"]
     import numba
-    from numba import cuda
+    from .cuda.numba_cuda import cuda
 
     if numba.config.ENABLE_CUDASIM:
         return ["cuda: the CUDA simulator (NUMBA_ENABLE_CUDASIM=1): kernels run on the CPU, no timings"]

@@ -8,41 +8,27 @@ keeps any state: the caller owns the parameters and running buffers.
 
 from __future__ import annotations
 
-from typing import Callable
-
-import numpy as np
-
-from . import _core
-from ._device import check_device_float_input, check_device_vector, is_device_array, reject_device_array
+from ._backend import RunningStatistics, backend_of
+from ._dtypes import compute_dtype
+from ._typing import Array
 from ._validation import (
     channel_count,
     check_bool,
     check_channel_axis,
-    check_channel_vector,
-    check_float_input,
+    check_float_dtype,
     check_real,
     check_values_per_channel,
 )
-from ._typing import Array
 
 
-def _check_input(x, channel_axis):
-    """``(x, axis, on_device)``: ``x`` as the path reads it and the non-negative channel axis."""
-    on_device = is_device_array(x)
-    if on_device:
-        x = check_device_float_input("input", x)
-    else:
-        check_float_input("input", x)
+def _checked_input(x, channel_axis):
+    """``(backend, x, axis)``: the backend owning ``x``, ``x`` as it reads it, the non-negative channel axis."""
+    owner = backend_of(x)
+    x = check_float_dtype("input", owner.as_array("input", x))
     channel_axis = check_channel_axis(channel_axis)
     if x.ndim < 2:
         raise ValueError(f"expected input with 2 or more dimensions (N, C, ...), got {x.ndim}D input")
-    return x, channel_axis % x.ndim, on_device
-
-
-def _cuda_core():
-    from . import _cuda_core
-
-    return _cuda_core
+    return owner, x, channel_axis % x.ndim
 
 
 def batch_stats(x: Array, *, channel_axis: int = 1) -> tuple[Array, Array, int]:
@@ -92,18 +78,11 @@ def batch_stats(x: Array, *, channel_axis: int = 1) -> tuple[Array, Array, int]:
     >>> bool(np.allclose(mean, x.mean(axis=(0, 2)))), bool(np.allclose(var, x.var(axis=(0, 2))))
     (True, True)
     """
-    x, axis, on_device = _check_input(x, channel_axis)
-    dtype = _core.compute_dtype(x)
-    if on_device:
-        cuda_core = _cuda_core()
-        stats = cuda_core.batch_statistics(x, axis)
-        mean, var = cuda_core.variance(stats, dtype)
-        return mean, var, stats.count
-    stats = _core.batch_statistics(x, axis)
+    owner, x, axis = _checked_input(x, channel_axis)
+    statistics = owner.batch_statistics(x, axis)
     # A float32 variance overflows to inf beyond ~1.8e38 (data beyond ~1e19).
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        var = (stats.m2 / stats.count).astype(dtype)
-    return stats.mean.astype(dtype), var, stats.count
+    mean, var = owner.mean_and_variance(statistics, compute_dtype(x))
+    return mean, var, statistics.count
 
 
 def batch_norm(
@@ -191,7 +170,7 @@ def batch_norm(
     True
     >>> y_eval = nbn.batch_norm(x, running_mean, running_var)  # training=False
     """
-    x, axis, on_device = _check_input(x, channel_axis)
+    owner, x, axis = _checked_input(x, channel_axis)
     channels, _ = channel_count(x, axis)
     training = check_bool("training", training)
     momentum = check_real("momentum", momentum)
@@ -204,27 +183,18 @@ def batch_norm(
         )
     if running_mean is None and not training:
         raise ValueError("expected running_mean and running_var when training=False, got None")
-    check_vector: Callable[..., Array]  # the host and device checks differ in optional arguments
-    if on_device:
-        core, check_vector = _cuda_core(), check_device_vector
-    else:
-        core, check_vector = _core, _check_host_vector
     vectors = {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias}
     for name, vector in vectors.items():
         if vector is not None:
             in_place = training and name.startswith("running_")
-            vectors[name] = check_vector(name, vector, channels, writeable=in_place)
+            vectors[name] = owner.check_vector(name, vector, channels, writeable=in_place)
     running_mean, running_var, weight, bias = vectors.values()
-    if training:
-        check_values_per_channel(x, axis)
-        stats = core.batch_statistics(x, axis)
-        y, _ = core.forward(x, axis, stats, None, None, weight, bias, eps)
-        if running_mean is not None:
-            core.update_running(running_mean, running_var, stats, momentum)
-        return y
-    y, _ = core.forward(x, axis, None, running_mean, running_var, weight, bias, eps)
+    if not training:
+        statistics = RunningStatistics(running_mean, running_var)
+        return owner.forward(x, axis, statistics, weight, bias, eps, save=False)[0]
+    check_values_per_channel(x, axis)
+    statistics = owner.batch_statistics(x, axis)
+    y, _ = owner.forward(x, axis, statistics, weight, bias, eps, save=False)
+    if running_mean is not None:
+        owner.update_running(running_mean, running_var, statistics, momentum)
     return y
-
-
-def _check_host_vector(name, vector, channels, writeable=False):
-    return check_channel_vector(name, reject_device_array(name, vector), channels, writeable=writeable)

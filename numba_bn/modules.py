@@ -16,62 +16,25 @@ from typing import Any, Mapping, TypeVar
 import numpy as np
 from numpy.typing import DTypeLike
 
-from . import _core
-from ._device import (
-    check_device_float_input,
-    check_device_vector,
-    is_device_array,
-    reject_device_array,
-    require_cuda,
-    to_device,
-    to_host,
-)
+from ._backend import RunningStatistics, backend
+from ._dtypes import native_dtype
 from ._state import COUNTER_KEY, IncompatibleKeys, read_state
 from ._typing import Array
 from ._validation import (
     check_bool,
     check_channel_axis,
-    check_channel_vector,
     check_channels,
-    check_float_input,
-    check_ndarray,
+    check_float_dtype,
+    check_like,
     check_num_features,
     check_parameter_dtype,
     check_real,
     check_values_per_channel,
     describe_type,
-    native_dtype,
 )
-
-SUPPORTED_DEVICES = ("cpu", "cuda")
 
 #: The concrete module class, so that ``train``/``to``/... are typed as returning it.
 _Module = TypeVar("_Module", bound="_BatchNorm")
-
-
-def _check_device(device):
-    if not isinstance(device, str):
-        raise TypeError(f"expected device to be a str, got {describe_type(device)}")
-    if device not in SUPPORTED_DEVICES:
-        raise ValueError(f"expected device to be one of {list(SUPPORTED_DEVICES)}, got {device!r}")
-    if device == "cuda":
-        require_cuda()
-    return device
-
-
-def _cuda_core():
-    from . import _cuda_core
-
-    return _cuda_core
-
-
-def _on_device(array, device):
-    """``array`` (host or device, or None) as an array of ``device``."""
-    if array is None:
-        return None
-    if device == "cuda":
-        return array if is_device_array(array) else to_device(array)
-    return to_host(array) if is_device_array(array) else array
 
 
 class _BatchNorm:
@@ -118,25 +81,24 @@ class _BatchNorm:
         self.track_running_stats = check_bool("track_running_stats", track_running_stats)
         self._use_bias = check_bool("bias", bias) and self.affine
         self.dtype = check_parameter_dtype(dtype)
-        self.device = _check_device(device)
+        self._backend = backend(device)
+        self.device = device
         self.channel_axis = check_channel_axis(channel_axis)
         self.training = True
 
+        new = self._backend.from_host
         channels = self.num_features
-        self.weight = np.ones(channels, self.dtype) if self.affine else None
-        self.bias = np.zeros(channels, self.dtype) if self._use_bias else None
+        self.weight = new(np.ones(channels), self.dtype) if self.affine else None
+        self.bias = new(np.zeros(channels), self.dtype) if self._use_bias else None
         if self.track_running_stats:
-            self.running_mean = np.zeros(channels, self.dtype)
-            self.running_var = np.ones(channels, self.dtype)
+            self.running_mean = new(np.zeros(channels), self.dtype)
+            self.running_var = new(np.ones(channels), self.dtype)
             self.num_batches_tracked = 0
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
         self.grad_weight = None
         self.grad_bias = None
         self._saved = None
-        if self.device != "cpu":
-            for name in self._ARRAY_NAMES:
-                setattr(self, name, _on_device(getattr(self, name), self.device))
 
     # ------------------------------------------------------------ forward
 
@@ -205,25 +167,23 @@ class _BatchNorm:
         ``x.astype(...)`` or build the module with the input's ``dtype``.
         The statistics are accumulated in float64 whatever the dtype.
         """
+        backend = self._backend
         x = self._check_input(x)
-        core = _cuda_core() if self.device == "cuda" else _core
-        use_batch_stats = self.training or not self.track_running_stats
         updates_buffers = self.training and self.track_running_stats
         self._check_state(writeable_buffers=updates_buffers)
         axis = self.channel_axis % x.ndim
-        if use_batch_stats:
+        if self.training or not self.track_running_stats:
             check_values_per_channel(x, axis)
-            stats = core.batch_statistics(x, axis)
-            y, saved = core.forward(x, axis, stats, None, None, self.weight, self.bias, self.eps)
+            statistics = backend.batch_statistics(x, axis)
         else:
-            y, saved = core.forward(
-                x, axis, None, self.running_mean, self.running_var, self.weight, self.bias, self.eps
-            )
+            statistics = RunningStatistics(self.running_mean, self.running_var)
+        y, saved = backend.forward(x, axis, statistics, self.weight, self.bias, self.eps)
         if updates_buffers:
-            self.num_batches_tracked += 1  # type: ignore[operator]  # an int while tracking
-            factor = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
-            core.update_running(self.running_mean, self.running_var, stats, factor)
-        self._saved = saved
+            count = self.num_batches_tracked + 1  # type: ignore[operator]  # an int while tracking
+            factor = 1.0 / count if self.momentum is None else self.momentum
+            backend.update_running(self.running_mean, self.running_var, statistics, factor)
+            self.num_batches_tracked = count
+        self._saved = saved  # state changes only once every step has succeeded
         return y
 
     def backward(self, grad_output: Array) -> Array:
@@ -272,38 +232,18 @@ class _BatchNorm:
         saved = self._saved
         if saved is None:
             raise RuntimeError("backward() needs a forward() first: no forward pass has been recorded")
-        if self.device == "cuda":
-            grad_output = check_device_float_input("grad_output", grad_output)
-        else:
-            check_ndarray("grad_output", reject_device_array("grad_output", grad_output))
-        if grad_output.shape != saved.x.shape:
-            raise ValueError(
-                f"expected grad_output of shape {saved.x.shape} (the forward input's), "
-                f"got {grad_output.shape}"
-            )
-        if native_dtype(grad_output) != native_dtype(saved.x):
-            raise TypeError(
-                f"expected grad_output of dtype {native_dtype(saved.x)} (the forward input's), "
-                f"got {grad_output.dtype}"
-            )
-        if self.device == "cuda":
-            grad_input, sum_dy_xhat, sum_dy = _cuda_core().backward(saved, grad_output, self.affine, self.dtype)
-            if self.affine:
-                self.grad_weight = sum_dy_xhat
-                self.grad_bias = sum_dy if self._use_bias else None
-            return grad_input
-        grad_input, sum_dy_xhat, sum_dy = _core.backward(saved, grad_output, self.affine)
+        grad_output = check_like(
+            "grad_output", self._backend.as_array("grad_output", grad_output), saved.x, "the forward input's"
+        )
+        grads = self._backend.backward(saved, grad_output, self.dtype if self.affine else None)
         if self.affine:
-            self.grad_weight = sum_dy_xhat.astype(self.dtype)
-            self.grad_bias = sum_dy.astype(self.dtype) if self._use_bias else None
-        return grad_input
+            self.grad_weight = grads.grad_weight
+            self.grad_bias = grads.grad_bias if self._use_bias else None
+        return grads.grad_input
 
     def _check_input(self, x):
         """``x`` checked (and, on the GPU, as a device array) or an exception."""
-        if self.device == "cuda":
-            x = check_device_float_input("input", x)
-        else:
-            check_float_input("input", reject_device_array("input", x))
+        x = check_float_dtype("input", self._backend.as_array("input", x))
         if x.ndim not in self._input_ranks:
             raise ValueError(f"expected {self._rank_description} input (got {x.ndim}D input)")
         dtype = native_dtype(x)
@@ -320,7 +260,7 @@ class _BatchNorm:
     def _check_state(self, writeable_buffers):
         """Parameters and buffers may have been reassigned by the user: re-check them."""
         channels = self.num_features
-        check_vector = check_device_vector if self.device == "cuda" else check_channel_vector
+        check_vector = self._backend.check_vector
         for name in ("weight", "bias"):
             value = getattr(self, name)
             if value is not None:
@@ -398,15 +338,22 @@ class _BatchNorm:
         Unlike PyTorch's ``Module.to``, only a device is accepted (no dtype,
         no ``torch.device``); there is one module dtype, fixed at construction.
         """
-        device = _check_device(device)
+        target = backend(device)
         if device == self.device:
             return self
-        moved = {name: _on_device(getattr(self, name), device) for name in self._ARRAY_NAMES}
+        moved = {name: self._moved(getattr(self, name), target) for name in self._ARRAY_NAMES}
         for name, value in moved.items():
             setattr(self, name, value)
+        self._backend = target
         self.device = device
         self._saved = None
         return self
+
+    def _moved(self, array, target):
+        """``array`` (or None) copied from this module's device to ``target``'s."""
+        if array is None:
+            return None
+        return target.from_host(self._backend.to_host(array), array.dtype)
 
     def cpu(self: _Module) -> _Module:
         """Move parameters, buffers and gradients to the host: ``to("cpu")``.
@@ -459,11 +406,7 @@ class _BatchNorm:
             self._fill("bias", 0)
 
     def _fill(self, name, value):
-        array = getattr(self, name)
-        if is_device_array(array):
-            array.copy_to_device(np.full(array.shape, value, array.dtype))
-        else:
-            array[...] = value
+        self._backend.fill(getattr(self, name), value)
 
     def _state_keys(self):
         keys = []
@@ -500,8 +443,7 @@ class _BatchNorm:
             if key == COUNTER_KEY:
                 state[key] = np.array(self.num_batches_tracked, dtype=np.int64)
             else:
-                value = getattr(self, key)
-                state[key] = to_host(value) if is_device_array(value) else np.array(value, copy=True)
+                state[key] = self._backend.to_host(getattr(self, key))
         return state
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
@@ -544,26 +486,22 @@ class _BatchNorm:
         """
         strict = check_bool("strict", strict)
         values, incompatible = read_state(state, self._state_keys(), self.num_features, strict)
-        for key, value in values.items():
-            if key == COUNTER_KEY:
-                self.num_batches_tracked = value
-                continue
-            current = getattr(self, key)
-            if self.device == "cuda":
-                value = value.astype(self.dtype)
-                if is_device_array(current) and current.shape == value.shape and current.dtype == self.dtype:
-                    current.copy_to_device(value)
-                else:
-                    setattr(self, key, to_device(value))
-            elif (
-                isinstance(current, np.ndarray)
-                and current.shape == value.shape
-                and current.dtype == self.dtype
-                and current.flags.writeable
-            ):
-                current[...] = value
+        # Cast everything and allocate what cannot be copied in place before
+        # changing anything, so that a failure leaves the module as it was.
+        counter = values.pop(COUNTER_KEY, None)
+        host = {key: value.astype(self.dtype) for key, value in values.items()}
+        replacements = {
+            key: self._backend.from_host(value, self.dtype)
+            for key, value in host.items()
+            if not self._backend.can_assign(getattr(self, key), value)
+        }
+        for key, value in host.items():
+            if key in replacements:
+                setattr(self, key, replacements[key])
             else:
-                setattr(self, key, value.astype(self.dtype))
+                self._backend.assign(getattr(self, key), value)
+        if counter is not None:
+            self.num_batches_tracked = counter
         return incompatible
 
     def extra_repr(self) -> str:
@@ -591,6 +529,29 @@ class _BatchNorm:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
+
+    # ------------------------------------------------------------ pickle
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Parameters, buffers, gradients and flags as host NumPy arrays; not the recorded forward.
+
+        A pickle (or ``copy.deepcopy``) neither holds the last input nor
+        device memory: a CUDA module's arrays are copied to the host, and
+        moved back to the GPU when unpickled.
+        """
+        state = {key: value for key, value in self.__dict__.items() if key not in ("_backend", "_saved")}
+        for name in self._ARRAY_NAMES:
+            if state[name] is not None:
+                state[name] = self._backend.to_host(state[name])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled module on its device; ValueError for a CUDA module without CUDA."""
+        target = backend(state["device"])
+        for name in self._ARRAY_NAMES:
+            if state[name] is not None:
+                state[name] = target.from_host(state[name], state[name].dtype)
+        self.__dict__.update(state, _backend=target, _saved=None)
 
 
 # The constructor, attributes, errors and differences from PyTorch are the same

@@ -1,34 +1,43 @@
-"""Type-check and lower every CUDA kernel for a real GPU target, without a GPU.
+"""Compile CUDA kernels for a real GPU target, without a GPU, for the signatures given.
 
 The CUDA simulator runs kernels as Python, so it cannot catch what only the
-CUDA compiler rejects (an unsupported float16 operation, a ``None`` argument
-that is indexed on a path the compiler keeps). This script runs numba-cuda's
-front end (typing and lowering to LLVM IR, no PTX) on each kernel with the
-argument types that ``cuda_backend`` and ``_cuda_core`` pass, for every dtype
-combination. It must run with ``NUMBA_ENABLE_CUDASIM=0``; the device query
-for the compute capability is answered with a fixed one, so no driver is
-needed. Prints ``checked N`` and exits 0 when all lower, 1 otherwise.
+CUDA compiler rejects (an unsupported float16 operation, an argument type the
+kernel does not handle). This script runs numba-cuda's front end (typing and
+lowering to LLVM IR) on each kernel for each argument signature listed in a
+JSON file - ``[[module, kernel, [argument description, ...]], ...]`` as
+``cuda_launches.signature`` writes them from the launches the backend really
+makes. It must run with ``NUMBA_ENABLE_CUDASIM=0``; the device query for the
+compute capability is answered with a fixed one, so no driver is needed.
+Prints ``checked N`` and exits 0 when all lower, 1 otherwise.
 
 With ``--ptx`` it compiles each kernel all the way to PTX instead, which
-also runs NVVM: that needs libnvvm and libnvrtc (the CUDA toolkit, or the
-``nvidia-cuda-nvcc-cu12`` and ``nvidia-cuda-nvrtc-cu12`` wheels on
-``LD_LIBRARY_PATH``), but still no GPU.
+also runs NVVM, and with ``--ptxas PATH`` it assembles that PTX for sm_90
+with ``ptxas -v`` and prints ``registers N spills M`` (the most registers a
+thread of any kernel uses, and the bytes spilled in all): that needs libnvvm
+and libnvrtc (the CUDA toolkit, or the ``nvidia-cuda-nvcc-cu12`` and
+``nvidia-cuda-nvrtc-cu12`` wheels), but still no GPU.
+
+    python tests/cuda_lowering_check.py SIGNATURES.json [--ptx] [--ptxas PATH]
 """
 
+import importlib
+import json
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import traceback
 
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") != "0":
     sys.exit("run with NUMBA_ENABLE_CUDASIM=0")
 
 import numba.cuda.dispatcher as cuda_dispatcher  # noqa: E402
-from numba import types  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import from_dtype, types  # noqa: E402
 from numba.cuda.compiler import compile_cuda  # noqa: E402
 
-from numba_bn import cuda_kernels  # noqa: E402
-
-COMPUTE_CAPABILITY = (8, 0)
+COMPUTE_CAPABILITY = (9, 0)
 
 
 class _AnyDevice:
@@ -39,70 +48,71 @@ class _AnyDevice:
 cuda_dispatcher.get_current_device = _AnyDevice
 
 
-def array(dtype, ndim, layout="A"):
-    return types.Array(dtype, ndim, layout)
+def numba_type(description):
+    """The numba type the launcher infers for an argument described by ``cuda_launches.signature``."""
+    kind = description[0]
+    if kind == "array":
+        _, dtype, ndim, layout = description
+        return types.Array(from_dtype(np.dtype(dtype)), ndim, layout)
+    if kind == "tuple":
+        return types.Tuple([numba_type(item) for item in description[1]])
+    if kind == "boolean":
+        return types.boolean
+    if kind == "scalar":
+        return from_dtype(np.dtype(description[1]))
+    raise ValueError(f"unknown argument description {description!r}")
 
 
-def kernel_signatures():
-    f16, f32, f64, i64, none, flag = (
-        types.float16, types.float32, types.float64, types.int64, types.none, types.boolean,
-    )
-    parts = array(f64, 2, "C")
-    vector = lambda dtype: array(dtype, 1)  # noqa: E731
-    for data in (f16, f32, f64):
-        compute = f64 if data == f64 else f32
-        x, c = array(data, 5), vector(compute)
-        yield "channel_stats_runs", (x, parts, parts, parts, flag, i64)
-        yield "channel_stats_rows", (x, parts, parts, parts, flag)
-        yield "normalize_runs", (x, x, c, c, c, i64)
-        yield "normalize_rows", (x, x, c, c, c)
-        yield "grad_sums_runs", (x, x, vector(f64), parts, parts, flag, i64)
-        yield "grad_sums_rows", (x, x, vector(f64), parts, parts, flag)
-        yield "grad_input_runs", (x, x, x, c, c, c, c, i64)
-        yield "grad_input_rows", (x, x, x, c, c, c, c)
-        yield "copy_5d", (x, x)
-    d = vector(f64)
-    for parameter in (f32, f64):
-        p = vector(parameter)
-        for compute in (f32, f64):
-            c = vector(compute)
-            # forward_coefficients(mean, var, m2, count, eps, weight, bias, invstd, shift, scale, offset,
-            #                      mean_out, weight_out): batch statistics, then running buffers
-            yield "forward_coefficients", (d, none, d, f64, f64, p, p, d, c, c, c, none, d)
-            yield "forward_coefficients", (d, none, d, f64, f64, none, none, d, c, c, c, none, none)
-            yield "forward_coefficients", (p, p, none, f64, f64, p, none, d, c, c, c, d, d)
-            yield "forward_coefficients", (p, p, none, f64, f64, none, none, d, c, c, c, d, none)
-            # backward_coefficients(part_dy, part_dy_xmu, mean, invstd, weight, count, grad_weight,
-            #                       grad_bias, shift, k_dy, k_x, k_const): train with and without
-            # affine, eval with affine, eval without
-            yield "backward_coefficients", (parts, parts, d, d, d, f64, p, p, c, c, c, c)
-            yield "backward_coefficients", (parts, parts, d, d, none, f64, p, p, c, c, c, c)
-            yield "backward_coefficients", (parts, parts, d, d, d, f64, p, p, none, c, none, none)
-            yield "backward_coefficients", (none, none, d, d, none, f64, none, none, none, c, none, none)
-            yield "biased_variance", (d, d, f64, c, c)
-        yield "update_running", (p, p, d, d, f64, f64)
-    yield "merge_stat_parts", (parts, parts, parts, d, d)
+def assemble(ptx, ptxas):
+    """``(registers per thread, spilled bytes)`` of PTX assembled for sm_90 by ``ptxas -v``."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "kernel.ptx")
+        with open(source, "w") as file:
+            file.write(ptx)
+        report = subprocess.run(
+            [ptxas, "-arch=sm_90", "-v", source, "-o", os.path.join(folder, "kernel.cubin")],
+            capture_output=True, text=True, check=True,
+        ).stderr
+    registers = int(re.search(r"Used (\d+) registers", report).group(1))
+    spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", report))
+    return registers, spills
 
 
-def main(ptx=False):
+def main(path, ptx=False, ptxas=None):
     from numba.cuda import compile_ptx
 
+    with open(path) as file:
+        entries = json.load(file)
     failures = 0
-    checked = 0
-    for name, signature in kernel_signatures():
-        checked += 1
-        function = getattr(cuda_kernels, name).py_func
+    most_registers = spilled = 0
+    for module, kernel, arguments in entries:
+        function = getattr(importlib.import_module(module), kernel).py_func
+        signature = tuple(numba_type(a) for a in arguments)
         try:
-            if ptx:
-                compile_ptx(function, signature, cc=COMPUTE_CAPABILITY)
+            if ptx or ptxas:
+                code, _ = compile_ptx(function, signature, cc=COMPUTE_CAPABILITY)
+                if ptxas:
+                    registers, spills = assemble(code, ptxas)
+                    most_registers, spilled = max(most_registers, registers), spilled + spills
             else:
                 compile_cuda(function, types.void, signature, cc=COMPUTE_CAPABILITY)
         except Exception:  # report every failing kernel, not just the first
             failures += 1
-            print(f"FAILED {name}{signature}\n{traceback.format_exc()}", file=sys.stderr)
-    print(f"checked {checked}")
+            print(f"FAILED {module}.{kernel}{signature}\n{traceback.format_exc()}", file=sys.stderr)
+    print(f"checked {len(entries)}")
+    if ptxas:
+        print(f"registers {most_registers} spills {spilled}")
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(ptx="--ptx" in sys.argv[1:]))
+    options = sys.argv[1:]
+    ptxas = None
+    if "--ptxas" in options:
+        at = options.index("--ptxas")
+        ptxas = options[at + 1]
+        del options[at : at + 2]
+    arguments = [a for a in options if a != "--ptx"]
+    if len(arguments) != 1:
+        sys.exit(__doc__)
+    sys.exit(main(arguments[0], ptx="--ptx" in options, ptxas=ptxas))

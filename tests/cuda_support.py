@@ -5,7 +5,7 @@ import pytest
 from numba import config as numba_config
 from numba import cuda
 
-from numba_bn._device import is_device_array
+from numba_bn._device_arrays import is_device_array
 from state_snapshot import ARRAYS
 
 SIMULATOR = bool(numba_config.ENABLE_CUDASIM)

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 import numba_bn as nbn
+from numba_bn import config
 
 SHAPE_CHANNELS_FIRST = (64, 16, 352, 352)  # 126.9 M float32 values: 507 MB
 
@@ -54,9 +55,11 @@ def main(channel_axis):
     # Load (or compile) every kernel first, so that only the operations are measured.
     small = rng.standard_normal((4, *shape[1:-1], 8) if channel_axis == 1 else (4, 3, 5, channels))
     small = small.astype(np.float32)
-    warm = nbn.BatchNorm2d(channels, channel_axis=channel_axis)
-    warm.backward(warm(small))
-    warm.eval().backward(warm(small))
+    for serial_below in (0, config.SERIAL_BELOW):  # the parallel kernels too: large inputs run those
+        config.SERIAL_BELOW = serial_below
+        warm = nbn.BatchNorm2d(channels, channel_axis=channel_axis)
+        warm.backward(warm(small))
+        warm.eval().backward(warm(small))
 
     def batch():  # one random sample repeated: cheap to fill, every page touched
         values = np.empty(shape, np.float32)

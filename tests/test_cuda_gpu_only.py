@@ -9,11 +9,12 @@ import pytest
 from numba import cuda
 
 import numba_bn as nbn
+from checks import assert_close
 from cuda_support import host, needs_real_gpu
+from inputs import random_input
 from numba_bn import config
-from numba_bn._device import is_device_array
+from numba_bn._device_arrays import is_device_array
 from reference import RefBatchNorm, ref_batch_stats
-from test_against_reference import assert_close, random_input
 
 pytestmark = needs_real_gpu
 

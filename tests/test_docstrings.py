@@ -17,7 +17,8 @@ import pytest
 
 import numba_bn
 import numba_bn.bench
-from numba_bn import _stream, functional, modules
+from numba_bn import functional, modules
+from numba_bn.cuda import stream as _stream
 
 MODULE_CLASSES = (numba_bn.BatchNorm1d, numba_bn.BatchNorm2d, numba_bn.BatchNorm3d)
 MODULE_METHODS = (

@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit
 
-from numba_bn._half import load, store
+from numba_bn.cpu.half import load, store
 
 
 @njit(cache=True)

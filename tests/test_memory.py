@@ -3,7 +3,7 @@
 NumPy and Numba's runtime both report their allocations to ``tracemalloc``, so
 the traced peak of a call is everything it allocated: its result, the O(C)
 per-channel vectors and the kernels' per-work-unit partial states (24 bytes
-per 4096-value chunk of a channel, i.e. ~0.15% of a float32 input, or 48 bytes
+per 4096-value chunk of a channel, i.e. ~0.15% of a float32 input, or 16 bytes
 per channel for each of at most ``ROW_BLOCKS`` row blocks).
 The resident-memory test runs a ~500 MB input in a fresh process.
 
@@ -23,7 +23,7 @@ import pytest
 
 import numba_bn as nbn
 from isolated import run_script
-from numba_bn import _fingerprint
+from numba_bn.cpu import fingerprint as _fingerprint
 from state_snapshot import assert_unchanged, snapshot
 
 #: Allowance for per-call bookkeeping: O(C) float64 vectors, views, small objects.
@@ -206,12 +206,12 @@ def test_resident_memory_stays_flat_over_many_small_calls(one_thread):
         _small_steps(modules, inputs)
     gc.collect()
     before = _resident_bytes()
-    iterations = 1200  # x 18 calls = 21,600 calls
+    iterations = 1200  # x _CALLS_PER_STEP (14) = 16,800 calls
     for _ in range(iterations):
         _small_steps(modules, inputs)
     gc.collect()
     growth = _resident_bytes() - before
-    assert growth < 2 * 2**20, f"{growth} bytes over {iterations * 18} calls"
+    assert growth < 2 * 2**20, f"{growth} bytes over {iterations * _CALLS_PER_STEP} calls"
 
 
 def test_no_allocation_made_by_numba_bn_outlives_its_call(one_thread):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import numba_bn as nbn
+from checks import assert_close, backward_step, forward_step, make_pair
 from reference import RefBatchNorm, ref_batch_stats, ref_forward, ref_running_update
 from state_snapshot import assert_unchanged, snapshot
-from test_against_reference import assert_close, backward_step, forward_step, make_pair
 
 # ------------------------------------------------------------ empty and zero
 

@@ -20,18 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import numba_bn as nbn
+from checks import assert_close, backward_step, check_array_result, forward_step, make_pair
+from inputs import KINDS, memory_layout
 from numba_bn import config
 from reference import RefBatchNorm, ref_batch_stats, ref_forward, ref_running_update
 from state_snapshot import assert_unchanged, snapshot
-from test_against_reference import (
-    KINDS,
-    assert_close,
-    backward_step,
-    check_array_result,
-    forward_step,
-    make_pair,
-    memory_layout,
-)
 
 settings.register_profile(
     "numba_bn-ci", derandomize=True, deadline=None, max_examples=30, database=None,

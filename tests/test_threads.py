@@ -1,7 +1,7 @@
 """Several Python threads calling numba_bn at once: sequential results, on every threading layer.
 
 Numba's ``workqueue`` layer terminates the process when two threads launch
-parallel kernels at the same time; ``numba_bn._threading`` serialises the
+parallel kernels at the same time; ``numba_bn.cpu.thread_safety`` serialises the
 kernel calls on such a layer. The fresh-process tests start the threads as
 the very first numba_bn calls with an empty kernel cache, so they also race
 through compilation and the layer's start-up. A child forked after the
@@ -20,7 +20,8 @@ import pytest
 
 import numba_bn as nbn
 from isolated import run_script
-from numba_bn import _threading, config
+from numba_bn import config
+from numba_bn.cpu import thread_safety as _threading
 from thread_workloads import mismatches, run_concurrently, workloads
 
 

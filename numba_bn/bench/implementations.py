@@ -22,6 +22,7 @@ import numpy as np
 
 import numba_bn as nbn
 
+from .. import _backend
 from .cases import CHANNELS_LAST, Case, CaseData
 
 EPS = 1e-5
@@ -73,12 +74,7 @@ def _importable(module: str) -> bool:
 
 def cuda_available() -> bool:
     """Whether ``numba.cuda`` sees a usable GPU (False, not an error, without CUDA)."""
-    try:
-        from numba import cuda
-
-        return bool(cuda.is_available())
-    except Exception:  # a broken driver or toolkit means no GPU to benchmark
-        return False
+    return _backend.cuda_available()
 
 
 def torch_cuda_available() -> bool:
@@ -124,7 +120,7 @@ def _prepare_numba_bn(case: Case, data: CaseData, device: str = "cpu") -> Prepar
     )
     x, grad_output = data.x, data.grad_output
     if device == "cuda":
-        from numba import cuda
+        from ..cuda.numba_cuda import cuda
 
         x, grad_output = cuda.to_device(x), cuda.to_device(grad_output)
 
@@ -289,7 +285,7 @@ def _prepare_copy(case: Case, data: CaseData) -> Prepared:
 
 def _prepare_copy_cuda(case: Case, data: CaseData) -> Prepared:
     """A device-to-device copy of an array of the input's size."""
-    from numba import cuda
+    from ..cuda.numba_cuda import cuda
 
     x = cuda.to_device(data.x)
     out = cuda.device_array_like(x)

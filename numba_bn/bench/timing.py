@@ -170,7 +170,7 @@ def time_cuda(
     Timing
         Seconds per call, from ``numba.cuda.event_elapsed_time``.
     """
-    from numba import cuda
+    from ..cuda.numba_cuda import cuda
 
     run()
     cuda.synchronize()

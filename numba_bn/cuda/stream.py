@@ -10,7 +10,7 @@ import contextlib
 import contextvars
 from typing import Iterator
 
-from ._typing import CudaStream
+from .._typing import CudaStream
 
 _STREAM = contextvars.ContextVar("numba_bn_cuda_stream", default=None)
 

@@ -1,0 +1,196 @@
+"""The backend protocol: what a device offers the modules and the functional API.
+
+A backend owns one kind of array (NumPy on ``"cpu"``, ``numba.cuda`` device
+arrays on ``"cuda"``) and implements batch normalisation on it in four steps
+with the same signatures and result types on every device:
+
+1. ``batch_statistics(x, channel_axis)`` -> :class:`BatchStatistics`
+2. ``forward(x, channel_axis, statistics, weight, bias, eps)`` -> ``(y, SavedForward)``,
+   normalising with a :class:`BatchStatistics` or a :class:`RunningStatistics`
+3. ``update_running(running_mean, running_var, statistics, factor)``, in place
+4. ``backward(saved, grad_output, weight_grad_dtype)`` -> :class:`Gradients`
+
+plus the array handling around them: recognising and checking its arrays,
+moving values between the host and the device, filling. The API layer
+chooses a backend once - from ``device`` in a module's constructor and
+``to()``, from the input's type in the functional API - and then calls it
+without asking which device it is.
+
+The backends live in ``numba_bn.cpu.backend`` and ``numba_bn.cuda.backend``;
+the CUDA one is imported only when CUDA is used, so ``import numba_bn`` works
+on machines without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple, Optional, Protocol
+
+import numpy as np
+
+from ._device_arrays import is_device_array
+from ._typing import Array
+from ._validation import describe_type
+
+DEVICES = ("cpu", "cuda")
+
+
+class BatchStatistics(NamedTuple):
+    """Per-channel statistics of a batch, as float64 ``(C,)`` arrays of the backend's device."""
+
+    count: int  # values per channel
+    mean: Any  # NaN when count == 0
+    m2: Any  # sum of squared deviations from the mean
+
+
+class RunningStatistics(NamedTuple):
+    """Running buffers used as the normalising statistics (evaluation mode); any float dtype."""
+
+    mean: Any
+    var: Any
+
+
+class SavedForward(NamedTuple):
+    """What a backward needs from its forward: references and O(C) float64 vectors."""
+
+    x: Any  # a reference to the caller's input, not a copy
+    channel_axis: int
+    batch_stats: bool  # normalised with the batch's statistics (else constants)
+    mean: Any
+    invstd: Any
+    weight: Any  # a snapshot of the weight at forward time (ones without one)
+    count: int  # values per channel
+    input_sample: Optional[bytes]  # to notice an input modified before backward, where checked
+
+
+class Gradients(NamedTuple):
+    """A backward's results on the backend's device."""
+
+    grad_input: Any
+    grad_weight: Optional[Any]  # sum(dy * xhat), None unless requested
+    grad_bias: Optional[Any]  # sum(dy), None unless requested
+
+
+class NormalizingTerms(NamedTuple):
+    """What the forward's per-channel kernel reads: the variance is ``spread / divisor``."""
+
+    mean: Any
+    spread: Any  # M2 (batch statistics) or a running variance
+    divisor: float  # the count, NaN for an empty batch; 1.0 for a running variance
+    count: int  # values per channel of the input
+    batch_stats: bool
+
+
+def normalizing_terms(x: Array, channel_axis: int, statistics: BatchStatistics | RunningStatistics) -> NormalizingTerms:
+    """The forward's per-channel inputs, the same for every backend."""
+    if isinstance(statistics, RunningStatistics):
+        channels = x.shape[channel_axis]
+        count = x.size // channels if channels else math.prod(x.shape[:channel_axis] + x.shape[channel_axis + 1 :])
+        return NormalizingTerms(statistics.mean, statistics.var, 1.0, count, False)
+    # NaN, never a division by zero, for an empty batch (the CUDA simulator divides in Python).
+    divisor = float(statistics.count) if statistics.count else math.nan
+    return NormalizingTerms(statistics.mean, statistics.m2, divisor, statistics.count, True)
+
+
+class Backend(Protocol):
+    """The operations every device implements (see the module docstring)."""
+
+    device: str
+
+    # ------------------------------------------------------------ arrays
+    def as_array(self, name: str, value: Any) -> Array:
+        """``value`` as this device's array type (no copy), or TypeError naming the fix."""
+
+    def check_vector(
+        self, name: str, value: Any, channels: int, dtype: Optional[np.dtype] = None, writeable: bool = False
+    ) -> Array:
+        """A ``(channels,)`` float vector of this device, of exactly ``dtype`` when given."""
+
+    def from_host(self, values: np.ndarray, dtype: np.dtype) -> Array:
+        """A new array of this device holding ``values`` cast to ``dtype``."""
+
+    def to_host(self, array: Array) -> np.ndarray:
+        """A new NumPy array with ``array``'s values (waits for queued work)."""
+
+    def can_assign(self, target: Any, values: np.ndarray) -> bool:
+        """Whether :meth:`assign` can copy ``values`` into ``target``: an array of this device,
+        writeable, of the same shape and dtype."""
+
+    def assign(self, target: Array, values: np.ndarray) -> None:
+        """Copy host ``values`` into ``target`` in place (see :meth:`can_assign`)."""
+
+    def fill(self, target: Array, value: float) -> None:
+        """Set every element of ``target`` to ``value``, in place."""
+
+    # --------------------------------------------------------- the steps
+    def batch_statistics(self, x: Array, channel_axis: int) -> BatchStatistics:
+        """Per-channel count, mean and M2 of ``x`` (Welford/Chan, float64)."""
+
+    def forward(
+        self, x: Array, channel_axis: int, statistics: BatchStatistics | RunningStatistics,
+        weight: Optional[Array], bias: Optional[Array], eps: float, save: bool = True,
+    ) -> tuple[Array, Optional[SavedForward]]:
+        """``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel, and what backward needs."""
+
+    def update_running(
+        self, running_mean: Array, running_var: Array, statistics: BatchStatistics, factor: float
+    ) -> None:
+        """Blend the batch mean and unbiased variance into the buffers, in place."""
+
+    def backward(
+        self, saved: SavedForward, grad_output: Array, weight_grad_dtype: Optional[np.dtype]
+    ) -> Gradients:
+        """``grad_input``, and the weight's and bias's gradients in ``weight_grad_dtype`` (when given)."""
+
+    def mean_and_variance(self, statistics: BatchStatistics, dtype: np.dtype) -> tuple[Array, Array]:
+        """The mean and the biased variance in ``dtype``, as ``batch_stats`` returns them."""
+
+
+def check_device(device: Any) -> str:
+    """A device name from :data:`DEVICES`, or a TypeError/ValueError."""
+    if not isinstance(device, str):
+        raise TypeError(f"expected device to be a str, got {describe_type(device)}")
+    if device not in DEVICES:
+        raise ValueError(f"expected device to be one of {list(DEVICES)}, got {device!r}")
+    return device
+
+
+def cuda_available() -> bool:
+    """True when CUDA kernels can run: a usable GPU, or the CUDA simulator."""
+    try:
+        from .cuda import numba_cuda
+
+        return numba_cuda.is_available()
+    except Exception:  # missing CUDA bindings or driver: no CUDA, the CPU path still works
+        return False
+
+
+def require_cuda() -> None:
+    if not cuda_available():
+        raise ValueError(
+            "expected a usable CUDA device for device='cuda', got none: numba.cuda.is_available() is "
+            "False (no NVIDIA GPU or driver; set NUMBA_ENABLE_CUDASIM=1 for the CUDA simulator)"
+        )
+
+
+def backend(device: str) -> Backend:
+    """The backend of ``device`` (checked); ValueError for ``"cuda"`` without CUDA."""
+    if check_device(device) == "cuda":
+        require_cuda()
+        from .cuda.backend import CUDA
+
+        return CUDA
+    return _cpu()
+
+
+def backend_of(array: Any) -> Backend:
+    """The backend that owns ``array``: CUDA for device arrays, else the CPU (which rejects non-arrays)."""
+    return backend("cuda") if is_device_array(array) else _cpu()
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu() -> Backend:
+    from .cpu.backend import CPU
+
+    return CPU

@@ -1,0 +1,285 @@
+"""The CPU backend: batch normalisation on NumPy arrays with the kernels of ``kernels``.
+
+Implements ``numba_bn._backend.Backend``. Each step lays its operands out for
+the kernels (``_layout.kernel_operands``), runs one whole-array kernel per
+pass over the data and the per-channel arithmetic of ``channel_math`` in
+between. Per-channel vectors are float64; elementwise coefficients are in the
+compute dtype (float32 for float16 and float32 data, float64 for float64
+data). Inputs smaller than ``config.SERIAL_BELOW`` values run on the calling
+thread only. The elementwise passes use a per-channel ``shift`` equal to the
+mean rounded to the compute dtype, so ``(x - shift)`` is small and exact and
+no large terms cancel in float32.
+
+``numba_bn/cuda/backend.py`` is this module's twin, name for name.
+"""
+
+import numpy as np
+
+from .. import config
+from .._backend import BatchStatistics, Gradients, SavedForward, normalizing_terms
+from .._device_arrays import reject_device_array
+from .._dtypes import compute_dtype, native_dtype
+from .._layout import ROWS, RUNS, kernel_operands
+from .._validation import check_ndarray, check_vector_fields
+from . import channel_math, fingerprint, kernels
+from .thread_safety import serialize_unless_thread_safe
+
+_ABSENT = np.empty(0)  # a missing weight or bias, for the compiled helpers
+_KERNEL_VECTOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: ``(operation, layout, serial)`` -> kernel.
+_KERNELS = {
+    ("channel_stats", RUNS, False): kernels.channel_stats_runs,
+    ("channel_stats", RUNS, True): kernels.channel_stats_runs_serial,
+    ("channel_stats", ROWS, False): kernels.channel_stats_rows,
+    ("channel_stats", ROWS, True): kernels.channel_stats_rows_serial,
+    ("normalize", RUNS, False): kernels.normalize_runs,
+    ("normalize", RUNS, True): kernels.normalize_runs_serial,
+    ("normalize", ROWS, False): kernels.normalize_rows,
+    ("normalize", ROWS, True): kernels.normalize_rows_serial,
+    ("grad_sums", RUNS, False): kernels.grad_sums_runs,
+    ("grad_sums", RUNS, True): kernels.grad_sums_runs_serial,
+    ("grad_sums", ROWS, False): kernels.grad_sums_rows,
+    ("grad_sums", ROWS, True): kernels.grad_sums_rows_serial,
+    ("grad_input", RUNS, False): kernels.grad_input_runs,
+    ("grad_input", RUNS, True): kernels.grad_input_runs_serial,
+    ("grad_input", ROWS, False): kernels.grad_input_rows,
+    ("grad_input", ROWS, True): kernels.grad_input_rows_serial,
+}
+
+
+# ------------------------------------------------------------- operands
+
+
+def _kernel_array(array):
+    """The array as the kernels read it: float16 as its uint16 bits, native byte order,
+    strides in whole elements."""
+    dtype = array.dtype
+    if not dtype.isnative:
+        array = array.astype(dtype.newbyteorder("="))
+    elif not array.flags.c_contiguous and any(s % dtype.itemsize for s in array.strides):
+        array = np.ascontiguousarray(array)
+    if dtype.char == "e":  # float16
+        return array.view(np.uint16)
+    return array
+
+
+def _output_dtype(kernel_array):
+    """Native dtype of the result for an input as the kernels read it."""
+    return np.float16 if kernel_array.dtype == np.uint16 else kernel_array.dtype
+
+
+def _kernel(operation, layout, size):
+    """The ``operation`` kernel for ``layout``, serial when ``size`` is below the threshold."""
+    return _KERNELS[operation, layout, size < config.SERIAL_BELOW]
+
+
+def _row_blocks(x):
+    """Row blocks for an input of ``x``'s size: ``config.ROW_BLOCKS`` or fewer when small."""
+    return max(1, min(config.ROW_BLOCKS, x.size // config.ROW_BLOCK_VALUES))
+
+
+def _split(layout, x, shape):
+    """Work split of a reduction over the kernel ``shape``: the run chunk, or row blocks.
+
+    Row blocks are also bounded by the row count, so that their partial
+    states (O(C) each) stay small next to the data when C is large.
+    """
+    if layout != ROWS:
+        return config.RUN_CHUNK
+    rows = shape[0] * shape[1] * shape[2] * shape[3]  # (A, B, D, R, C)
+    return max(1, min(_row_blocks(x), rows // config.ROW_BLOCK_MIN_ROWS))
+
+
+def _elementwise_part():
+    """Values per parallel part of an elementwise pass over runs."""
+    return 16 * config.RUN_CHUNK
+
+
+def _kernel_vector(vector):
+    """A per-channel vector as the compiled helpers take it (zero-length when absent)."""
+    if vector is None:
+        return _ABSENT
+    if vector.dtype in _KERNEL_VECTOR_DTYPES and vector.flags.c_contiguous:
+        return vector
+    return np.ascontiguousarray(vector, dtype=np.float64)
+
+
+# ---------------------------------------------------- whole-array passes
+
+
+@serialize_unless_thread_safe
+def channel_stats(x, channel_axis):
+    """``(count, mean, m2)`` per channel: count an int, mean and M2 float64."""
+    layout, shape, ((xb, xo, xs),), _ = kernel_operands(channel_axis, [_kernel_array(x)])
+    kernel = _kernel("channel_stats", layout, x.size)
+    count, mean, m2 = kernel(xb, xo, xs, xb, xo, xs, shape, kernels.NO_REFERENCE, _split(layout, x, shape))
+    return int(count), mean, m2
+
+
+def _elementwise(operation, x, grad_output, channel_axis, coefficients):
+    """A new C-contiguous array from an elementwise pass over ``x`` (and ``grad_output``, or None)."""
+    x = _kernel_array(x)
+    out = np.empty(x.shape, _output_dtype(x))
+    inputs = [x] if grad_output is None else [x, _kernel_array(grad_output)]
+    layout, shape, operands, position = kernel_operands(channel_axis, inputs, [_kernel_array(out)], memory_order=True)
+    # The kernels read (x, dy) and write out: a one-input pass reads x twice, for free.
+    (xb, xo, xs), (gb, go, gs), (ob, oo, os) = operands[0], operands[-2], operands[-1]
+    kernel = _kernel(operation, layout, x.size)
+    if layout == ROWS:
+        kernel(xb, xo, xs, gb, go, gs, ob, oo, os, shape, coefficients, _row_blocks(x))
+    else:
+        kernel(xb, xo, xs, gb, go, gs, ob, oo, os, shape, position, coefficients, _elementwise_part())
+    return out
+
+
+@serialize_unless_thread_safe
+def normalize(x, channel_axis, coefficients):
+    """New C-contiguous ``(x - shift) * scale + offset`` per channel, ``x``'s dtype in native byte order.
+
+    ``coefficients`` rows: shift, scale, offset and one unused (a ``(4, C)``
+    array in the compute dtype, as ``grad_input`` takes).
+    """
+    return _elementwise("normalize", x, None, channel_axis, coefficients)
+
+
+@serialize_unless_thread_safe
+def grad_sums(x, grad_output, channel_axis, mean):
+    """Per-channel float64 totals ``sum(dy)`` and ``sum(dy * (x - mean))``."""
+    layout, shape, ((xb, xo, xs), (gb, go, gs)), _ = kernel_operands(
+        channel_axis, [_kernel_array(x), _kernel_array(grad_output)]
+    )
+    return _kernel("grad_sums", layout, x.size)(xb, xo, xs, gb, go, gs, shape, mean, _split(layout, x, shape))
+
+
+@serialize_unless_thread_safe
+def grad_input(x, grad_output, channel_axis, coefficients):
+    """New C-contiguous ``k_dy * dy + k_x * (x - shift) + k_const``, ``x``'s dtype in native byte order.
+
+    ``coefficients`` rows: shift, k_dy, k_x, k_const (``(4, C)``, compute dtype).
+    """
+    return _elementwise("grad_input", x, grad_output, channel_axis, coefficients)
+
+
+# --------------------------------------------------------------- backend
+
+
+class CpuBackend:
+    """``numba_bn._backend.Backend`` on NumPy arrays."""
+
+    device = "cpu"
+
+    # ------------------------------------------------------------ arrays
+
+    def as_array(self, name, value):
+        if type(value) is np.ndarray:  # the common case, checked in O(1) on every call
+            return value
+        return check_ndarray(name, reject_device_array(name, value))
+
+    def check_vector(self, name, value, channels, dtype=None, writeable=False):
+        return check_vector_fields(name, self.as_array(name, value), channels, dtype, writeable)
+
+    def from_host(self, values, dtype):
+        return np.array(values, dtype=dtype, order="C", copy=True)
+
+    def to_host(self, array):
+        return np.array(array, copy=True)
+
+    def can_assign(self, target, values):
+        return (
+            isinstance(target, np.ndarray)
+            and target.shape == values.shape
+            and target.dtype == values.dtype
+            and target.flags.writeable
+        )
+
+    def assign(self, target, values):
+        target[...] = values
+
+    def fill(self, target, value):
+        target[...] = value
+
+    # --------------------------------------------------------- the steps
+
+    def batch_statistics(self, x, channel_axis):
+        if x.size == 0:
+            nan = np.full(x.shape[channel_axis], np.nan)
+            return BatchStatistics(0, nan, nan.copy())
+        return BatchStatistics(*channel_stats(x, channel_axis))
+
+    def forward(self, x, channel_axis, statistics, weight, bias, eps, save=True):
+        channels = x.shape[channel_axis]
+        terms = normalizing_terms(x, channel_axis, statistics)
+        # The float64 rows are snapshots for backward: the caller may change the originals.
+        saved_vectors = np.empty((3, channels))
+        coefficients = np.zeros((4, channels), compute_dtype(x))  # the fourth row is unused
+        channel_math.forward_coefficients(
+            _kernel_vector(terms.mean), _kernel_vector(terms.spread), terms.divisor, float(eps),
+            _kernel_vector(weight), _kernel_vector(bias), saved_vectors, coefficients,
+        )
+        saved = None
+        if save:
+            saved_mean, invstd, saved_weight = saved_vectors
+            saved = SavedForward(
+                x, channel_axis, terms.batch_stats, saved_mean, invstd, saved_weight, terms.count,
+                fingerprint.record(x),
+            )
+        if x.size == 0:
+            return np.empty(x.shape, native_dtype(x)), saved
+        return normalize(x, channel_axis, coefficients), saved
+
+    def update_running(self, running_mean, running_var, statistics, factor):
+        # Overflow to inf in a float32 buffer is the honest result for data beyond ~1e19.
+        if statistics.count == 0:
+            return
+        count, mean, m2, factor = float(statistics.count), statistics.mean, statistics.m2, float(factor)
+        if running_mean.dtype in _KERNEL_VECTOR_DTYPES and running_var.dtype in _KERNEL_VECTOR_DTYPES:
+            channel_math.update_running(running_mean, running_var, mean, m2, count, factor)
+            return
+        # float16 or byte-swapped buffers: the same blend on float64 copies.
+        mean64, var64 = running_mean.astype(np.float64), running_var.astype(np.float64)
+        channel_math.update_running(mean64, var64, mean, m2, count, factor)
+        with np.errstate(over="ignore", invalid="ignore"):
+            running_mean[...] = mean64
+            running_var[...] = var64
+
+    def backward(self, saved, grad_output, weight_grad_dtype):
+        x, axis = saved.x, saved.channel_axis
+        if saved.input_sample is not None:
+            fingerprint.check_unchanged(x, saved.input_sample)
+        channels = x.shape[axis]
+        if x.size == 0:
+            zeros = None if weight_grad_dtype is None else np.zeros(channels, weight_grad_dtype)
+            return Gradients(np.empty(x.shape, native_dtype(x)), zeros, None if zeros is None else zeros.copy())
+
+        dtype = compute_dtype(x)
+        sums = None  # rows: sum(dy * xhat), sum(dy)
+        if saved.batch_stats:
+            sum_dy, sum_dy_xmu = grad_sums(x, grad_output, axis, saved.mean)
+            sums = np.empty((2, channels))
+            coefficients = np.empty((4, channels), dtype)
+            channel_math.backward_coefficients(
+                sum_dy, sum_dy_xmu, saved.mean, saved.invstd, saved.weight, float(saved.count), sums, coefficients
+            )
+            grad_in = grad_input(x, grad_output, axis, coefficients)
+        else:
+            # The statistics were constants: dx = dy * w * invstd, one pass over dy.
+            if weight_grad_dtype is not None:
+                sum_dy, sum_dy_xmu = grad_sums(x, grad_output, axis, saved.mean)
+                sums = np.empty((2, channels))
+                channel_math.weight_grads(sum_dy, sum_dy_xmu, saved.invstd, sums)
+            coefficients = np.zeros((4, channels), dtype)  # shift 0, scale k_dy, offset 0
+            channel_math.grad_scale(saved.invstd, saved.weight, coefficients[1])
+            grad_in = normalize(grad_output, axis, coefficients)
+        if weight_grad_dtype is None:
+            return Gradients(grad_in, None, None)
+        grad_weight, grad_bias = sums.astype(weight_grad_dtype)
+        return Gradients(grad_in, grad_weight, grad_bias)
+
+    def mean_and_variance(self, statistics, dtype):
+        out = np.empty((2, statistics.mean.size), dtype)
+        channel_math.mean_and_variance(statistics.mean, statistics.m2, float(statistics.count), out)
+        return out[0], out[1]
+
+
+CPU = CpuBackend()

@@ -1,0 +1,34 @@
+"""The one import of ``numba.cuda`` in numba_bn.
+
+Every CUDA module of the package takes ``cuda`` from here, so replacing the
+compiler (``numba-cuda`` is in maintenance mode) is a change in one place.
+Importing this module imports ``numba.cuda``: only the CUDA backend does,
+and only once CUDA is used.
+"""
+
+from numba import config as _numba_config
+from numba import cuda
+from numpy.lib.stride_tricks import as_strided
+
+__all__ = ["cuda", "is_available", "is_simulator", "strided_view"]
+
+
+def is_simulator():
+    """True when ``numba.cuda`` is the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``)."""
+    return bool(_numba_config.ENABLE_CUDASIM)
+
+
+def is_available():
+    """True when kernels can run: a usable GPU, or the simulator."""
+    return bool(cuda.is_available())
+
+
+def strided_view(array, shape, strides):
+    """A device array over ``array``'s memory with another shape and strides (same first element)."""
+    if is_simulator():
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return FakeCUDAArray(as_strided(array._ary, shape, strides), stream=array.stream)
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+    return DeviceNDArray(shape, strides, array.dtype, stream=array.stream, gpu_data=array.gpu_data)
