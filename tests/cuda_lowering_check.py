@@ -15,7 +15,8 @@ also runs NVVM, and with ``--ptxas PATH`` it assembles that PTX for sm_90
 with ``ptxas -v`` and prints ``registers N spills M`` (the most registers a
 thread of any kernel uses, and the bytes spilled in all): that needs libnvvm
 and libnvrtc (the CUDA toolkit, or the ``nvidia-cuda-nvcc-cu12`` and
-``nvidia-cuda-nvrtc-cu12`` wheels), but still no GPU.
+``nvidia-cuda-nvrtc-cu12`` wheels), but still no GPU. Without them it prints
+``unavailable: ...`` and exits with status 3.
 
     python tests/cuda_lowering_check.py SIGNATURES.json [--ptx] [--ptxas PATH]
 """
@@ -63,6 +64,18 @@ def numba_type(description):
     raise ValueError(f"unknown argument description {description!r}")
 
 
+#: Exit status when NVVM or NVRTC (needed for ``--ptx``/``--ptxas``) cannot be loaded.
+UNAVAILABLE = 3
+
+
+def _toolchain_missing(error):
+    """Whether ``error`` says a CUDA compiler library is missing (not that a kernel is wrong)."""
+    names = {type(e).__name__ for e in (error, error.__cause__, error.__context__) if e is not None}
+    return bool(names & {"DynamicLibNotFoundError", "NvvmSupportError", "CudaSupportError"}) or (
+        "Failure finding" in str(error)
+    )
+
+
 def assemble(ptx, ptxas):
     """``(registers per thread, spilled bytes)`` of PTX assembled for sm_90 by ``ptxas -v``."""
     with tempfile.TemporaryDirectory() as folder:
@@ -96,7 +109,10 @@ def main(path, ptx=False, ptxas=None):
                     most_registers, spilled = max(most_registers, registers), spilled + spills
             else:
                 compile_cuda(function, types.void, signature, cc=COMPUTE_CAPABILITY)
-        except Exception:  # report every failing kernel, not just the first
+        except Exception as error:  # report every failing kernel, not just the first
+            if (ptx or ptxas) and _toolchain_missing(error):
+                print(f"unavailable: the CUDA toolchain for PTX is not installed ({error})")
+                return UNAVAILABLE
             failures += 1
             print(f"FAILED {module}.{kernel}{signature}\n{traceback.format_exc()}", file=sys.stderr)
     print(f"checked {len(entries)}")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import numba_bn as nbn
+from inputs import random_input
 from matrix import AXES, DTYPES
 
 torch = pytest.importorskip("torch")
@@ -83,15 +84,6 @@ def assert_close(actual, expected, dtype, what):
     scale = max(float(np.max(np.abs(expected), initial=0.0)), 1.0)
     np.testing.assert_allclose(np.asarray(actual).astype(np.float64), expected,
                                rtol=rtol, atol=atol * scale, err_msg=what)
-
-
-def random_input(rng, shape, channel_axis, dtype):
-    channels = shape[channel_axis]
-    bshape = [1] * len(shape)
-    bshape[channel_axis] = channels
-    loc = rng.uniform(-3, 3, channels).reshape(bshape)
-    spread = rng.uniform(0.5, 3, channels).reshape(bshape)
-    return (loc + spread * rng.standard_normal(shape)).astype(dtype)
 
 
 def make_pair(cls, channels, module_dtype, channel_axis, rng, **flags):

@@ -105,6 +105,12 @@ def _runs_partition(tx, TX, part, nparts, shape, splits):
 
 
 @cuda.jit(device=True)
+def _rows_partition(ty, TY, part, nparts, shape):
+    """How a thread of a 2-D block walks an ``(A, B, D, R, C)`` view: ``(rows, first, step)``."""
+    return shape[0] * shape[1] * shape[2] * shape[3], part * TY + ty, nparts * TY
+
+
+@cuda.jit(device=True)
 def _block_ids():
     """Thread and block indices as int64, so index arithmetic never wraps at 2**31."""
     return (
@@ -245,12 +251,11 @@ def _reduce_rows(x, dy, reference, parts, shuffle):
     shared = cuda.shared.array(0, float64)
     tx, ty, TX, TY, part, tile, nparts, tiles = _block_ids()
     A, B, D, R, C = x.shape
-    rows = A * B * D * R
-    step = nparts * TY
+    rows, first_row, step = _rows_partition(ty, TY, part, nparts, x.shape)
     while tile * TX < C:
         c = tile * TX + tx
         count, k, first, second = 0.0, 0.0, 0.0, 0.0
-        row = part * TY + ty
+        row = first_row
         if c < C and row < rows:
             k = _start(reference, c)
             a, b, d, r = _locate_row(row, B, D, R)
@@ -288,11 +293,10 @@ def _elementwise_rows(x, dy, out, k):
     """``out = _value(x, dy, k[:, c])`` on ``(A, B, D, R, C)`` views; ``k`` is ``(4, C)``."""
     tx, ty, TX, TY, part, tile, nparts, tiles = _block_ids()
     A, B, D, R, C = x.shape
-    rows = A * B * D * R
-    step = nparts * TY
+    rows, first_row, step = _rows_partition(ty, TY, part, nparts, x.shape)
     while tile * TX < C:
         c = tile * TX + tx
-        row = part * TY + ty
+        row = first_row
         if c < C and row < rows:
             k0, k1, k2, k3 = k[0, c], k[1, c], k[2, c], k[3, c]
             a, b, d, r = _locate_row(row, B, D, R)
