@@ -1,7 +1,8 @@
 """The CUDA stream that numba_bn's kernels and allocations use.
 
-Kept apart from the CUDA modules so that choosing a stream never imports
-``numba.cuda``. The choice is per thread / async task (a ``ContextVar``).
+The one module of ``numba_bn.cuda`` that imports nothing of CUDA: choosing a
+stream never imports ``numba.cuda``. The choice is per thread / async task
+(a ``ContextVar``).
 """
 
 from __future__ import annotations
