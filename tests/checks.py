@@ -168,9 +168,9 @@ def sgd_step(bn, ref):
             setattr(ref, name, stepped.astype(np.float64))
 
 
-def run_sequence(bn, ref, rng, shape, channel_axis, module_dtype, input_dtype, steps=SEQUENCE, batch_sizes=3):
+def run_sequence(bn, ref, rng, shape, channel_axis, module_dtype, input_dtype, steps=SEQUENCE, batch_extra=(0, 1, 2)):
     """Run ``steps`` on both, comparing after every step; the batch size of the
-    k-th forward is ``shape[0] + k % batch_sizes``."""
+    k-th forward is ``shape[0] + batch_extra[k % len(batch_extra)]``."""
     x = None
     batch = 0
     for i, step in enumerate(steps):
@@ -184,6 +184,6 @@ def run_sequence(bn, ref, rng, shape, channel_axis, module_dtype, input_dtype, s
             continue
         assert (bn.train() if step == "train" else bn.eval()) is bn
         ref.train(step == "train")
-        x = random_input(rng, (shape[0] + batch % batch_sizes, *shape[1:]), channel_axis, input_dtype)
+        x = random_input(rng, (shape[0] + batch_extra[batch % len(batch_extra)], *shape[1:]), channel_axis, input_dtype)
         batch += 1
         forward_step(bn, ref, x, what)
