@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import argparse
 import time
+from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -323,6 +324,10 @@ def save_plot(results: dict, path: str) -> bool:
     return True
 
 
+#: The loss curves go next to the example, not into whatever folder it is run from.
+DEFAULT_PLOT = Path(__file__).resolve().with_suffix(".png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The example's command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -331,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
     parser.add_argument("--models", default="mlp,cnn", help="comma-separated subset of mlp,cnn")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and shuffling")
-    parser.add_argument("--plot", default="train_digits.png", help="where to save the loss curves (PNG)")
+    parser.add_argument("--plot", default=str(DEFAULT_PLOT),
+                        help="where to save the loss curves (PNG; default train_digits.png next to this script)")
     parser.add_argument("--no-plot", action="store_true", help="do not save a plot")
     return parser
 

@@ -18,6 +18,11 @@ batch_stats
     Per-channel mean, biased variance and count in one pass.
 cuda_stream
     A context manager that queues the GPU work on a chosen CUDA stream.
+no_grad, is_grad_enabled
+    Forwards that keep nothing for a backward pass (inference), and whether
+    the calling thread is inside one.
+precompile
+    Compile the kernels ahead of their first use (``python -m numba_bn precompile``).
 
 Examples
 --------
@@ -31,9 +36,22 @@ Examples
 """
 
 from .cuda.stream import cuda_stream
+from ._grad_mode import is_grad_enabled, no_grad
+from ._precompile import precompile
 from .functional import batch_norm, batch_stats
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __version__ = "0.1.0"
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm", "batch_stats", "cuda_stream", "__version__"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "batch_norm",
+    "batch_stats",
+    "cuda_stream",
+    "is_grad_enabled",
+    "no_grad",
+    "precompile",
+    "__version__",
+]

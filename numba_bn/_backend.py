@@ -156,22 +156,32 @@ def check_device(device: Any) -> str:
     return device
 
 
-def cuda_available() -> bool:
-    """True when CUDA kernels can run: a usable GPU, or the CUDA simulator."""
+def cuda_unavailable_reason() -> str | None:
+    """Why CUDA kernels cannot run here, or None when they can (a usable GPU, or the simulator)."""
     try:
         from .cuda import numba_cuda
-
-        return numba_cuda.is_available()
+    except ImportError as error:  # the cuda extra is not installed
+        return str(error)
+    try:
+        if numba_cuda.is_available():
+            return None
     except Exception:  # missing CUDA bindings or driver: no CUDA, the CPU path still works
-        return False
+        pass
+    return (
+        "numba.cuda.is_available() is False (no NVIDIA GPU or driver; "
+        "set NUMBA_ENABLE_CUDASIM=1 for the CUDA simulator)"
+    )
+
+
+def cuda_available() -> bool:
+    """True when CUDA kernels can run: a usable GPU, or the CUDA simulator."""
+    return cuda_unavailable_reason() is None
 
 
 def require_cuda() -> None:
     if not cuda_available():
-        raise ValueError(
-            "expected a usable CUDA device for device='cuda', got none: numba.cuda.is_available() is "
-            "False (no NVIDIA GPU or driver; set NUMBA_ENABLE_CUDASIM=1 for the CUDA simulator)"
-        )
+        reason = cuda_unavailable_reason() or "numba.cuda.is_available() is False"
+        raise ValueError(f"expected a usable CUDA device for device='cuda', got none: {reason}")
 
 
 def backend(device: str) -> Backend:

@@ -128,16 +128,18 @@ def backward_channel(c, sum_dy, sum_dy_xmu, mean, invstd, weight, count, sums, c
     """Channel ``c`` of a backward through batch statistics, from its totals ``sum(dy)``, ``sum(dy * (x - mean))``.
 
     ``sums`` rows receive ``sum(dy * xhat)`` and ``sum(dy)`` (the weight's and
-    bias's gradients); ``coefficients`` rows receive shift, k_dy, k_x and
-    k_const of ``dx = k_dy * dy + k_x * (x - shift) + k_const``.
+    bias's gradients); ``coefficients`` rows receive shift, k_x, k_const and
+    k_dy of ``dx = (x - shift) * k_x + k_const + k_dy * dy`` (the first three
+    in the places of the forward's shift, scale and offset, so that one
+    elementwise kernel computes both).
     """
     coefficients[0, c] = mean[c]  # rounded to the compute dtype on store
     k_dy, k_x, k_const, sum_dy_xhat = grad_coefficients(
         mean[c], np.float64(coefficients[0, c]), invstd[c], weight[c], count, sum_dy, sum_dy_xmu
     )
-    coefficients[1, c] = k_dy
-    coefficients[2, c] = k_x
-    coefficients[3, c] = k_const
+    coefficients[1, c] = k_x
+    coefficients[2, c] = k_const
+    coefficients[3, c] = k_dy
     sums[0, c] = sum_dy_xhat
     sums[1, c] = sum_dy
 

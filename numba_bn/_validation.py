@@ -17,9 +17,20 @@ def describe_type(value):
     return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
+def _conversion_hint(name, value):
+    """How to turn ``value`` (not a NumPy array) into one, for an error message."""
+    if type(value).__module__.split(".")[0] == "torch":
+        return f"; pass {name}.numpy(), or {name}.detach().cpu().numpy() for a tensor that requires grad or is on a GPU"
+    if isinstance(value, (list, tuple)) or np.isscalar(value):
+        return f"; pass np.asarray({name}, dtype=np.float32)"
+    return ""
+
+
 def check_ndarray(name, value):
     if not isinstance(value, np.ndarray):
-        raise TypeError(f"expected {name} to be a numpy.ndarray, got {describe_type(value)}")
+        raise TypeError(
+            f"expected {name} to be a numpy.ndarray, got {describe_type(value)}" + _conversion_hint(name, value)
+        )
     if isinstance(value, np.ma.MaskedArray):  # its mask would be silently ignored
         raise TypeError(
             f"expected {name} to be a numpy.ndarray without a mask, got numpy.ma.MaskedArray; "
@@ -31,8 +42,32 @@ def check_ndarray(name, value):
 def check_float_dtype(name, x):
     """An array (of any device) of float16/32/64 data, in either byte order."""
     if native_dtype(x) not in COMPUTE_DTYPE:
-        raise TypeError(f"expected {name} of dtype float16, float32 or float64, got {x.dtype}")
+        raise TypeError(
+            f"expected {name} of dtype float16, float32 or float64, got {x.dtype}; "
+            f"convert it with {name}.astype(np.float32)"
+        )
     return x
+
+
+def check_module_dtype(name, x, module_dtype, module_name):
+    """``x``'s dtype is one a module of ``module_dtype`` takes: its own, or float16 for float32.
+
+    No silent casts (as in PyTorch): the message says how to convert, and
+    reminds that NumPy makes float64 arrays by default.
+    """
+    dtype = native_dtype(x)
+    allowed = (module_dtype, np.dtype(np.float16)) if module_dtype == np.float32 else (module_dtype,)
+    if dtype in allowed:
+        return x
+    message = (
+        f"expected {name} of dtype {' or '.join(map(str, allowed))} for a {module_dtype} {module_name}, "
+        f"got {x.dtype}; convert it with {name}.astype(np.{module_dtype})"
+    )
+    if dtype in PARAMETER_DTYPES:
+        message += f" or build the module with dtype=np.{dtype}"
+    if dtype == np.float64:
+        message += " (NumPy creates float64 arrays unless told otherwise)"
+    raise TypeError(message)
 
 
 def check_like(name, array, reference, reference_name):
@@ -42,7 +77,11 @@ def check_like(name, array, reference, reference_name):
             f"expected {name} of shape {tuple(reference.shape)} ({reference_name}), got {tuple(array.shape)}"
         )
     if native_dtype(array) != native_dtype(reference):
-        raise TypeError(f"expected {name} of dtype {native_dtype(reference)} ({reference_name}), got {array.dtype}")
+        expected = native_dtype(reference)
+        raise TypeError(
+            f"expected {name} of dtype {expected} ({reference_name}), got {array.dtype}; "
+            f"convert it with {name}.astype(np.{expected})"
+        )
     return array
 
 

@@ -4,6 +4,13 @@ The work split depends only on the array's shape (never on the thread count),
 so results are bit-identical whatever ``numba.set_num_threads`` says.
 """
 
+import os
+
+#: Print one line on stderr when kernels for a new dtype and layout start
+#: compiling (seconds, once: the compiled code is cached on disk). Off with
+#: ``NUMBA_BN_COMPILE_NOTICE=0`` in the environment, or by setting this False.
+COMPILE_NOTICE = os.environ.get("NUMBA_BN_COMPILE_NOTICE", "1").strip().lower() not in ("0", "false", "no", "off")
+
 #: Elements per work unit when a channel's values are reduced as runs
 #: (channels-first layout): small enough to balance two cores on one channel,
 #: large enough that the per-unit partial state is < 1% of the input.

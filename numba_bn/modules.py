@@ -17,21 +17,24 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ._backend import RunningStatistics, backend
-from ._dtypes import native_dtype
+from ._grad_mode import is_grad_enabled
 from ._state import COUNTER_KEY, IncompatibleKeys, read_state
 from ._typing import Array
 from ._validation import (
     check_bool,
     check_channel_axis,
     check_channels,
-    check_float_dtype,
     check_like,
+    check_module_dtype,
     check_num_features,
     check_parameter_dtype,
     check_real,
     check_values_per_channel,
     describe_type,
 )
+
+#: ``_saved`` after a forward inside ``no_grad``: nothing kept, so no backward.
+_NOT_KEPT = "not kept"
 
 #: The concrete module class, so that ``train``/``to``/... are typed as returning it.
 _Module = TypeVar("_Module", bound="_BatchNorm")
@@ -129,7 +132,8 @@ class _BatchNorm:
         None). In evaluation mode with tracked statistics the running buffers
         normalise ``x`` and nothing is updated. Then ``weight`` scales and
         ``bias`` shifts each channel, when they exist. The input is kept by
-        reference for :meth:`backward`.
+        reference for :meth:`backward`, except inside
+        :class:`numba_bn.no_grad` (inference), where nothing is kept.
 
         Parameters
         ----------
@@ -177,13 +181,14 @@ class _BatchNorm:
             statistics = backend.batch_statistics(x, axis)
         else:
             statistics = RunningStatistics(self.running_mean, self.running_var)
-        y, saved = backend.forward(x, axis, statistics, self.weight, self.bias, self.eps)
+        save = is_grad_enabled()
+        y, saved = backend.forward(x, axis, statistics, self.weight, self.bias, self.eps, save=save)
         if updates_buffers:
             count = self.num_batches_tracked + 1  # type: ignore[operator]  # an int while tracking
             factor = 1.0 / count if self.momentum is None else self.momentum
             backend.update_running(self.running_mean, self.running_var, statistics, factor)
             self.num_batches_tracked = count
-        self._saved = saved  # state changes only once every step has succeeded
+        self._saved = saved if save else _NOT_KEPT  # state changes only once every step has succeeded
         return y
 
     def backward(self, grad_output: Array) -> Array:
@@ -214,7 +219,8 @@ class _BatchNorm:
         ------
         RuntimeError
             No forward has been recorded (none yet, or the module was moved
-            with :meth:`to` since).
+            with :meth:`to` since), or the last one ran inside
+            :class:`numba_bn.no_grad`.
         TypeError
             ``grad_output`` is not an array of the module's device, or its
             dtype differs from the forward input's.
@@ -232,6 +238,10 @@ class _BatchNorm:
         saved = self._saved
         if saved is None:
             raise RuntimeError("backward() needs a forward() first: no forward pass has been recorded")
+        if saved is _NOT_KEPT:
+            raise RuntimeError(
+                "backward() needs a forward() that kept its input: the last forward ran inside numba_bn.no_grad()"
+            )
         grad_output = check_like(
             "grad_output", self._backend.as_array("grad_output", grad_output), saved.x, "the forward input's"
         )
@@ -243,17 +253,9 @@ class _BatchNorm:
 
     def _check_input(self, x):
         """``x`` checked (and, on the GPU, as a device array) or an exception."""
-        x = check_float_dtype("input", self._backend.as_array("input", x))
+        x = check_module_dtype("input", self._backend.as_array("input", x), self.dtype, type(self).__name__)
         if x.ndim not in self._input_ranks:
             raise ValueError(f"expected {self._rank_description} input (got {x.ndim}D input)")
-        dtype = native_dtype(x)
-        allowed = (self.dtype, np.dtype(np.float16)) if self.dtype == np.float32 else (self.dtype,)
-        if dtype not in allowed:
-            hint = f"; convert it with x.astype(np.{self.dtype}) or build the module with dtype=np.{dtype}"
-            raise TypeError(
-                f"expected input of dtype {' or '.join(map(str, allowed))} for a {self.dtype} "
-                f"{type(self).__name__}, got {x.dtype}" + (hint if dtype in (np.float32, np.float64) else "")
-            )
         check_channels(x, self.channel_axis, self.num_features)
         return x
 

@@ -30,6 +30,18 @@ def pytest_sessionstart(session):
         )
 
 
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that runs CUDA kernels ``cuda`` (``-m "not cuda"`` leaves them out).
+
+    Those are the ``test_cuda_*`` files and every test parametrised with
+    ``device="cuda"``; in the simulator they are most of the suite's time.
+    """
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.path.name.startswith("test_cuda") or item.name.startswith("test_cuda") or params.get("device") == "cuda":
+            item.add_marker(pytest.mark.cuda)
+
+
 if numba_config.ENABLE_CUDASIM:
     # Simulated CUDA threads are Python threads meeting at barriers: switching
     # between them sooner makes barrier-heavy kernels several times faster.

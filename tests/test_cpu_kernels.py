@@ -115,7 +115,7 @@ def test_kernels_match_reference(shape, channel_axis, layout, dtype, monkeypatch
     tolerance = {np.float16: 2e-3, np.float32: 1e-5, np.float64: 1e-12}[dtype]
     expected_y = (x64 - shift) * scale + offset
     np.testing.assert_allclose(out["normalize"], expected_y, rtol=tolerance, atol=tolerance * np.abs(expected_y).max())
-    expected_dx = scale * dy64 + offset * (x64 - shift) + extra
+    expected_dx = (x64 - shift) * scale + offset + extra * dy64  # rows: shift, k_x, k_const, k_dy
     np.testing.assert_allclose(out["grad_input"], expected_dx, rtol=tolerance, atol=tolerance * np.abs(expected_dx).max())
     reduce = tuple(i for i in range(x.ndim) if i != axis)
     expected_sums = np.stack([dy64.sum(axis=reduce), (dy64 * (x64 - mean.reshape(broadcast))).sum(axis=reduce)])

@@ -17,7 +17,7 @@ import pytest
 
 import numba_bn
 import numba_bn.bench
-from numba_bn import functional, modules
+from numba_bn import _grad_mode, _precompile, functional, modules
 from numba_bn.cuda import stream as _stream
 
 MODULE_CLASSES = (numba_bn.BatchNorm1d, numba_bn.BatchNorm2d, numba_bn.BatchNorm3d)
@@ -25,8 +25,15 @@ MODULE_METHODS = (
     "forward", "__call__", "backward", "train", "eval", "to", "cpu", "cuda",
     "reset_running_stats", "reset_parameters", "state_dict", "load_state_dict", "extra_repr",
 )
-FUNCTIONS = (numba_bn.batch_norm, numba_bn.batch_stats, numba_bn.cuda_stream)
-PUBLIC_NAMES = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm", "batch_stats", "cuda_stream", "__version__"]
+FUNCTIONS = (
+    numba_bn.batch_norm, numba_bn.batch_stats, numba_bn.cuda_stream, numba_bn.precompile, numba_bn.is_grad_enabled
+)
+PUBLIC_NAMES = [
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm", "batch_stats", "cuda_stream", "is_grad_enabled",
+    "no_grad", "precompile", "__version__",
+]
+#: Modules whose docstrings (and examples) are checked.
+DOCUMENTED_MODULES = [numba_bn, modules, functional, _stream, _grad_mode, _precompile]
 
 #: The input layouts each class must state: channels first and channels last.
 DOCUMENTED_SHAPES = {
@@ -174,7 +181,7 @@ def test_all_lists_exactly_the_public_api():
         assert getattr(numba_bn, name) is not None
 
 
-@pytest.mark.parametrize("module", [numba_bn, modules, functional, _stream], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", DOCUMENTED_MODULES, ids=lambda m: m.__name__)
 def test_module_docstrings(module):
     assert module.__doc__ and module.__doc__.strip().splitlines()[0].endswith(".")
 
@@ -183,6 +190,11 @@ def test_module_docstrings(module):
 def test_function_docstrings(function):
     assert docstring_problems(function) == []
     assert "Examples" in sections(inspect.getdoc(function))
+
+
+def test_no_grad_docstring():
+    doc = inspect.getdoc(numba_bn.no_grad)
+    assert {"Examples"} <= set(sections(doc)) and "backward" in doc
 
 
 @pytest.mark.parametrize("cls", MODULE_CLASSES, ids=lambda c: c.__name__)
@@ -243,7 +255,7 @@ def test_command_line_and_benchmark_helpers_have_docstrings():
 # ------------------------------------------------------------------- examples
 
 
-@pytest.mark.parametrize("module", [numba_bn, modules, functional, _stream], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", DOCUMENTED_MODULES, ids=lambda m: m.__name__)
 def test_docstring_examples_run(module):
     # The CUDA examples are marked +SKIP; everything else runs on the CPU.
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)

@@ -370,3 +370,61 @@ def test_import_and_cpu_path_without_cuda():
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+# ------------------------------------------------- what a NumPy newcomer meets
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float64_input_to_a_float32_module_says_how_to_fix_it(device):
+    bn = trained(device)
+    x = to_device(np.zeros(SHAPE), device)  # NumPy's default dtype
+    raises_without_change(
+        bn, lambda: bn(x), TypeError,
+        "expected input of dtype float32 or float16 for a float32 BatchNorm2d, got float64",
+        "input.astype(np.float32)", "dtype=np.float64", "NumPy creates float64 arrays",
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_integer_input_message_names_only_the_accepted_dtypes(device):
+    bn = trained(device)
+    info = raises_without_change(
+        bn, lambda: bn(to_device(np.zeros(SHAPE, np.uint8), device)), TypeError,
+        "expected input of dtype float32 or float16 for a float32 BatchNorm2d, got uint8",
+        "input.astype(np.float32)",
+    )
+    assert "float64" not in str(info.value)  # the module would refuse it too
+    assert "build the module" not in str(info.value)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float64_grad_output_says_how_to_fix_it(device):
+    bn = trained(device)
+    grad = to_device(np.ones(SHAPE), device)
+    raises_without_change(
+        bn, lambda: bn.backward(grad), TypeError,
+        "expected grad_output of dtype float32 (the forward input's), got float64",
+        "grad_output.astype(np.float32)",
+    )
+
+
+def test_functional_non_float_input_says_how_to_fix_it():
+    with pytest.raises(TypeError) as info:
+        nbn.batch_stats(np.zeros((4, 3), np.int16))
+    assert "got int16; convert it with input.astype(np.float32)" in str(info.value)
+
+
+def test_list_input_suggests_np_asarray():
+    bn = trained("cpu", nbn.BatchNorm1d, (5, 2))
+    raises_without_change(bn, lambda: bn([[1.0, 2.0]]), TypeError, "got list", "np.asarray(input, dtype=np.float32)")
+
+
+def test_torch_tensor_on_the_cpu_path_suggests_numpy():
+    torch = pytest.importorskip("torch")
+    bn = trained("cpu")
+    tensor = torch.zeros(SHAPE, requires_grad=True)
+    raises_without_change(
+        bn, lambda: bn(tensor), TypeError, "got torch.Tensor", "input.numpy()", "input.detach().cpu().numpy()"
+    )
+    raises_without_change(bn, lambda: bn.backward(torch.ones(SHAPE)), TypeError, "grad_output.numpy()")

@@ -27,24 +27,18 @@ from .thread_safety import serialize_unless_thread_safe
 _ABSENT = np.empty(0)  # a missing weight or bias, for the compiled helpers
 _KERNEL_VECTOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-#: ``(operation, layout, serial)`` -> kernel.
+#: ``(walk, layout, serial)`` -> kernel. The statistics and the backward sums
+#: share the reduction kernels; the normalisation and the input gradient share
+#: the elementwise ones (a flag picks what they compute).
 _KERNELS = {
-    ("channel_stats", RUNS, False): kernels.channel_stats_runs,
-    ("channel_stats", RUNS, True): kernels.channel_stats_runs_serial,
-    ("channel_stats", ROWS, False): kernels.channel_stats_rows,
-    ("channel_stats", ROWS, True): kernels.channel_stats_rows_serial,
-    ("normalize", RUNS, False): kernels.normalize_runs,
-    ("normalize", RUNS, True): kernels.normalize_runs_serial,
-    ("normalize", ROWS, False): kernels.normalize_rows,
-    ("normalize", ROWS, True): kernels.normalize_rows_serial,
-    ("grad_sums", RUNS, False): kernels.grad_sums_runs,
-    ("grad_sums", RUNS, True): kernels.grad_sums_runs_serial,
-    ("grad_sums", ROWS, False): kernels.grad_sums_rows,
-    ("grad_sums", ROWS, True): kernels.grad_sums_rows_serial,
-    ("grad_input", RUNS, False): kernels.grad_input_runs,
-    ("grad_input", RUNS, True): kernels.grad_input_runs_serial,
-    ("grad_input", ROWS, False): kernels.grad_input_rows,
-    ("grad_input", ROWS, True): kernels.grad_input_rows_serial,
+    ("reduce", RUNS, False): kernels.reduce_runs,
+    ("reduce", RUNS, True): kernels.reduce_runs_serial,
+    ("reduce", ROWS, False): kernels.reduce_rows,
+    ("reduce", ROWS, True): kernels.reduce_rows_serial,
+    ("elementwise", RUNS, False): kernels.elementwise_runs,
+    ("elementwise", RUNS, True): kernels.elementwise_runs_serial,
+    ("elementwise", ROWS, False): kernels.elementwise_rows,
+    ("elementwise", ROWS, True): kernels.elementwise_rows_serial,
 }
 
 
@@ -69,9 +63,9 @@ def _output_dtype(kernel_array):
     return np.float16 if kernel_array.dtype == np.uint16 else kernel_array.dtype
 
 
-def _kernel(operation, layout, size):
-    """The ``operation`` kernel for ``layout``, serial when ``size`` is below the threshold."""
-    return _KERNELS[operation, layout, size < config.SERIAL_BELOW]
+def _kernel(walk, layout, size):
+    """The ``walk`` kernel for ``layout``, serial when ``size`` is below the threshold."""
+    return _KERNELS[walk, layout, size < config.SERIAL_BELOW]
 
 
 def _row_blocks(x):
@@ -112,12 +106,12 @@ def _kernel_vector(vector):
 def channel_stats(x, channel_axis):
     """``(count, mean, m2)`` per channel: count an int, mean and M2 float64."""
     layout, shape, ((xb, xo, xs),), _ = kernel_operands(channel_axis, [_kernel_array(x)])
-    kernel = _kernel("channel_stats", layout, x.size)
+    kernel = _kernel("reduce", layout, x.size)
     count, mean, m2 = kernel(xb, xo, xs, xb, xo, xs, shape, kernels.NO_REFERENCE, _split(layout, x, shape))
     return int(count), mean, m2
 
 
-def _elementwise(operation, x, grad_output, channel_axis, coefficients):
+def _elementwise(x, grad_output, channel_axis, coefficients):
     """A new C-contiguous array from an elementwise pass over ``x`` (and ``grad_output``, or None)."""
     x = _kernel_array(x)
     out = np.empty(x.shape, _output_dtype(x))
@@ -125,11 +119,12 @@ def _elementwise(operation, x, grad_output, channel_axis, coefficients):
     layout, shape, operands, position = kernel_operands(channel_axis, inputs, [_kernel_array(out)], memory_order=True)
     # The kernels read (x, dy) and write out: a one-input pass reads x twice, for free.
     (xb, xo, xs), (gb, go, gs), (ob, oo, os) = operands[0], operands[-2], operands[-1]
-    kernel = _kernel(operation, layout, x.size)
+    kernel = _kernel("elementwise", layout, x.size)
+    gradient = grad_output is not None
     if layout == ROWS:
-        kernel(xb, xo, xs, gb, go, gs, ob, oo, os, shape, coefficients, _row_blocks(x))
+        kernel(xb, xo, xs, gb, go, gs, ob, oo, os, shape, coefficients, gradient, _row_blocks(x))
     else:
-        kernel(xb, xo, xs, gb, go, gs, ob, oo, os, shape, position, coefficients, _elementwise_part())
+        kernel(xb, xo, xs, gb, go, gs, ob, oo, os, shape, position, coefficients, gradient, _elementwise_part())
     return out
 
 
@@ -140,7 +135,7 @@ def normalize(x, channel_axis, coefficients):
     ``coefficients`` rows: shift, scale, offset and one unused (a ``(4, C)``
     array in the compute dtype, as ``grad_input`` takes).
     """
-    return _elementwise("normalize", x, None, channel_axis, coefficients)
+    return _elementwise(x, None, channel_axis, coefficients)
 
 
 @serialize_unless_thread_safe
@@ -149,16 +144,18 @@ def grad_sums(x, grad_output, channel_axis, mean):
     layout, shape, ((xb, xo, xs), (gb, go, gs)), _ = kernel_operands(
         channel_axis, [_kernel_array(x), _kernel_array(grad_output)]
     )
-    return _kernel("grad_sums", layout, x.size)(xb, xo, xs, gb, go, gs, shape, mean, _split(layout, x, shape))
+    kernel = _kernel("reduce", layout, x.size)
+    _, sum_dy, sum_dy_xmu = kernel(xb, xo, xs, gb, go, gs, shape, mean, _split(layout, x, shape))
+    return sum_dy, sum_dy_xmu
 
 
 @serialize_unless_thread_safe
 def grad_input(x, grad_output, channel_axis, coefficients):
-    """New C-contiguous ``k_dy * dy + k_x * (x - shift) + k_const``, ``x``'s dtype in native byte order.
+    """New C-contiguous ``(x - shift) * k_x + k_const + k_dy * dy``, ``x``'s dtype in native byte order.
 
-    ``coefficients`` rows: shift, k_dy, k_x, k_const (``(4, C)``, compute dtype).
+    ``coefficients`` rows: shift, k_x, k_const, k_dy (``(4, C)``, compute dtype).
     """
-    return _elementwise("grad_input", x, grad_output, channel_axis, coefficients)
+    return _elementwise(x, grad_output, channel_axis, coefficients)
 
 
 # --------------------------------------------------------------- backend
@@ -268,7 +265,7 @@ class CpuBackend:
                 sum_dy, sum_dy_xmu = grad_sums(x, grad_output, axis, saved.mean)
                 sums = np.empty((2, channels))
                 channel_math.weight_grads(sum_dy, sum_dy_xmu, saved.invstd, sums)
-            coefficients = np.zeros((4, channels), dtype)  # shift 0, scale k_dy, offset 0
+            coefficients = np.zeros((4, channels), dtype)  # shift 0, scale k_dy, offset 0, no dy term
             channel_math.grad_scale(saved.invstd, saved.weight, coefficients[1])
             grad_in = normalize(grad_output, axis, coefficients)
         if weight_grad_dtype is None:

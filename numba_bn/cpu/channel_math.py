@@ -37,7 +37,7 @@ def update_running(running_mean, running_var, mean, m2, count, factor):
 
 @njit(**_OPTIONS)
 def backward_coefficients(sum_dy, sum_dy_xmu, mean, invstd, weight, count, sums, coefficients):
-    """Coefficients of ``dx = k_dy * dy + k_x * (x - shift) + k_const`` and the weight and bias
+    """Coefficients of ``dx = (x - shift) * k_x + k_const + k_dy * dy`` and the weight and bias
     gradients, from the per-channel totals (``_formulas.backward_channel``)."""
     for c in range(mean.shape[0]):
         formulas.backward_channel(c, sum_dy[c], sum_dy_xmu[c], mean, invstd, weight, count, sums, coefficients)

@@ -1,37 +1,36 @@
-"""Numba CPU kernels: per-channel statistics, normalisation and backward over whole arrays.
+"""Numba CPU kernels: per-channel reductions and elementwise passes over whole arrays.
 
 Operands reach the kernels as flat 1-D buffers plus an element ``origin`` and
 five element strides (see ``_layout.kernel_operands``), so the innermost loop
 over a contiguous run is a plain unit-stride loop that LLVM vectorises; a
 strided loop serves every other layout.
 
-Every operation comes in two shapes: ``*_runs`` for ``(C, A, B, D, M)``
-operands, whose work units are chunks of one channel's values (contiguous
-runs along ``M``), and ``*_rows`` for ``(A, B, D, R, C)`` operands, whose work
-units are blocks of rows. When rows are packed (channel stride 1, row stride
-C) a block of rows is one flat stream, processed in tiles of whole rows that
-are a multiple of the SIMD width long, so that even C=3 vectorises.
+Every walk comes in two shapes: ``*_runs`` for ``(C, A, B, D, M)`` operands,
+whose work units are chunks of one channel's values (contiguous runs along
+``M``), and ``*_rows`` for ``(A, B, D, R, C)`` operands, whose work units are
+blocks of rows. When rows are packed (channel stride 1, row stride C) a block
+of rows is one flat stream, processed in tiles of whole rows that are a
+multiple of the SIMD width long, so that even C=3 vectorises.
 
-The walks over the data are written once, as templates, and what a pass
-computes is a small function bound into them (``_specialise``), as
-numbagg's aggregation decorators do: the elementwise walks apply
-``value(x, dy, k0, k1, k2, k3)`` per element with per-channel coefficients
-``k``, the reduction walks sum the pair ``terms(x, dy, k)`` per unit and per
-channel, with ``k`` a per-channel reference (the mean) or, for statistics,
-the unit's first value (a shift that makes the float64 sums exact enough and
-constant data exactly zero). Each specialisation is compiled to code as tight
-as a hand-written kernel: Numba inlines the helpers and the bound functions
-(as calls, they cost ~10% on short runs such as 14x14 images), and reading
-``dy`` in a pass that does not use it costs nothing (dead loads are
-removed). Timed against the hand-written kernels they replaced, kernel by
-kernel, the specialisations were as fast, within this machine's noise.
+There are two walks, each serving two passes (compilation dominates a new
+user's first call, so each walk is compiled once and a flag picks the pass):
+``reduce_*`` sums a pair of float64 terms per unit and channel - the
+statistics (deviations from each unit's first value, a shift that makes the
+float64 sums exact enough and constant data exactly zero, merged with Chan's
+formula) or the backward's ``sum(dy)`` and ``sum(dy * (x - mean))``; and
+``elementwise_*`` writes ``(x - k0) * k1 + k2`` per element, plus ``k3 * dy``
+for the input gradient, with per-channel coefficients ``k``. The flags are
+loop invariants that LLVM unswitches, so each pass runs its own tight loop
+(timed against separate kernels: the same speed within this machine's noise).
+Helpers are inlined by Numba (``inline="always"``): as calls they cost ~10%
+on short runs such as 14x14 images.
 
-Reductions are numbered by shape alone and merged in a fixed order (Chan's
-formula for statistics), so results never depend on the thread count.
-Elementwise passes compute with a per-channel ``shift`` close to the mean,
-so no large terms cancel in float32. Each kernel also has a ``*_serial`` twin
-compiled from the same source without ``parallel``: tiny inputs use it and
-never wake the thread pool.
+Reductions are numbered by shape alone and merged in a fixed order, so
+results never depend on the thread count. Elementwise passes compute with a
+per-channel ``shift`` close to the mean, so no large terms cancel in float32.
+Each kernel is a small driver that splits the work and calls one compiled
+``part`` per unit; the driver is compiled twice, with ``prange`` and as a
+``*_serial`` twin that tiny inputs use (they never wake the thread pool).
 """
 
 import types
@@ -40,8 +39,11 @@ import numpy as np
 from numba import njit, prange
 
 from .. import config
+from . import compile_notice
 from .channel_math import formulas
 from .half import load, store
+
+compile_notice.install()
 
 _PARALLEL = dict(parallel=True, cache=True, fastmath=config.FASTMATH)
 _SERIAL = dict(cache=True, fastmath=config.FASTMATH)
@@ -66,22 +68,23 @@ def _copy(function, namespace, qualname):
     return copy
 
 
-def _specialise(name, template, helpers, **bound):
-    """``template`` compiled twice - ``prange`` on the thread pool, and serially - with ``bound`` in its globals.
+def _compiled_pair(name, driver, part):
+    """``driver`` compiled twice - ``prange`` on the thread pool, and serially - around one compiled ``part``.
 
-    ``helpers`` are the template's callees that use the bound names: each is
-    compiled again for this specialisation, so the bound functions inline all
-    the way down. Returns ``(parallel, serial)`` kernels named ``name`` and
-    ``name + "_serial"``.
+    ``part`` is the work of one iteration of the driver's loop (a unit of
+    thousands of values, so a call per iteration costs nothing measurable).
+    The heavy code is compiled once, for both drivers, and Numba's parallel
+    passes only see the small loop: compilation takes a fraction of the time
+    it took with the whole walk inside the ``prange`` loop, and a large
+    input after a small one (or the other way round) compiles only a driver.
+    Returns ``(parallel, serial)`` kernels named ``name`` and ``name + "_serial"``.
+    The drivers call ``part`` as ``_part``, a name that only the globals of
+    these compiled copies define.
     """
-    namespace = dict(template.__globals__, **bound)
-    for helper in helpers:
-        # Inlined by Numba itself: a call per short segment (a 14x14 image's run)
-        # passing the array structs would cost as much as the segment's values.
-        copy = _copy(helper, namespace, f"{name}.{helper.__name__}")
-        namespace[helper.__name__] = njit(inline="always", **_SERIAL)(copy)
-    parallel = njit(**_PARALLEL)(_copy(template, namespace, name))
-    serial = njit(**_SERIAL)(_copy(template, namespace, name + "_serial"))
+    compiled_part = njit(**_SERIAL)(_copy(part, part.__globals__, f"{name}.{part.__name__}"))
+    namespace = dict(driver.__globals__, _part=compiled_part)
+    parallel = njit(**_PARALLEL)(_copy(driver, namespace, name))
+    serial = njit(**_SERIAL)(_copy(driver, namespace, name + "_serial"))
     return parallel, serial
 
 
@@ -216,28 +219,41 @@ def _sum_units(partials):
 
 
 # ------------------------------------------------------------ reductions
-# ``_terms(x, dy, k)`` -> the pair of float64 values a reduction sums per
-# element; ``_finish(sizes, first, second, references)`` -> its result from
-# the per-unit ``(units, C)`` sums and references.
+# One walk serves both reductions: with ``deviations`` (statistics: no
+# per-channel reference, each unit's first value is its shift ``k``) the
+# pair summed per element is ``(x - k, (x - k)**2)``; otherwise (backward,
+# ``k`` the mean) it is ``(dy, dy * (x - k))``. The choice is a loop
+# invariant, which LLVM hoists out of the loops (it unswitches them), so
+# each reduction runs its own tight loop and both compile as one kernel.
 
 
-def _segment_pairs(x, xb, xs, dy, gb, gs, n, k, first, second):
+@njit(inline="always", **_SERIAL)
+def _terms(x, dy, k, deviations):
+    """The pair of float64 values a reduction sums for one element."""
+    deviation = np.float64(x) - k
+    g = deviation if deviations else np.float64(dy)
+    return g, g * deviation
+
+
+@njit(inline="always", **_SERIAL)
+def _segment_pairs(x, xb, xs, dy, gb, gs, n, k, deviations, first, second):
     """Add ``_terms`` of ``n`` values at ``xb``/``gb`` (strides ``xs``/``gs``) to the running pair."""
     if xs == 1 and gs == 1:
         xv = x[xb : xb + n]
         gv = dy[gb : gb + n]
         for i in range(n):
-            a, b = _terms(load(xv[i]), load(gv[i]), k)
+            a, b = _terms(load(xv[i]), load(gv[i]), k, deviations)
             first += a
             second += b
     else:
         for i in range(n):
-            a, b = _terms(load(x[xb + i * xs]), load(dy[gb + i * gs]), k)
+            a, b = _terms(load(x[xb + i * xs]), load(dy[gb + i * gs]), k, deviations)
             first += a
             second += b
     return first, second
 
 
+@njit(inline="always", **_SERIAL)
 def _run_unit_pairs(x, xo, xst, dy, go, gst, shape, c, start, stop, reference):
     """Sums of ``_terms`` over values ``start:stop`` of channel ``c`` (channel-major runs), and the ``k`` used."""
     B, D, M = shape[2], shape[3], shape[4]
@@ -254,15 +270,26 @@ def _run_unit_pairs(x, xo, xst, dy, go, gst, shape, c, start, stop, reference):
         n = min(M - m, stop - position)
         xb = xo + c * xst[0] + a * xst[1] + b * xst[2] + d * xst[3] + m * xst[4]
         gb = go + c * gst[0] + a * gst[1] + b * gst[2] + d * gst[3] + m * gst[4]
-        first, second = _segment_pairs(x, xb, xst[4], dy, gb, gst[4], n, k, first, second)
+        first, second = _segment_pairs(x, xb, xst[4], dy, gb, gst[4], n, k, reference.size == 0, first, second)
         position += n
         m = 0
         a, b, d = _next3(a, b, d, B, D)
     return first, second, k
 
 
+def _reduce_run_unit(x, xo, xst, dy, go, gst, shape, reference, units, u, first, second, references):
+    """Unit ``u`` of ``_reduce_runs``: its sums and reference into ``(units, C)`` arrays."""
+    total = shape[1] * shape[2] * shape[3] * shape[4]
+    c, k = divmod(u, units)
+    start = _part_start(k, total, units)
+    stop = _part_start(k + 1, total, units)
+    first[k, c], second[k, c], references[k, c] = _run_unit_pairs(
+        x, xo, xst, dy, go, gst, shape, c, start, stop, reference
+    )
+
+
 def _reduce_runs(x, xo, xst, dy, go, gst, shape, reference, chunk):
-    """``_finish`` of per-unit sums over a ``(C, A, B, D, M)`` operand, units of ``chunk`` values."""
+    """``_reduction_result`` of per-unit sums over a ``(C, A, B, D, M)`` operand, units of ``chunk`` values."""
     C = shape[0]
     total = shape[1] * shape[2] * shape[3] * shape[4]
     units = _unit_count(total, chunk)
@@ -270,16 +297,13 @@ def _reduce_runs(x, xo, xst, dy, go, gst, shape, reference, chunk):
     second = np.empty((units, C))
     references = np.empty((units, C))
     for u in prange(C * units):
-        c, k = divmod(np.int64(u), units)  # prange indices may be unsigned
-        start = _part_start(k, total, units)
-        stop = _part_start(k + 1, total, units)
-        first[k, c], second[k, c], references[k, c] = _run_unit_pairs(
-            x, xo, xst, dy, go, gst, shape, c, start, stop, reference
-        )
-    return _finish(_unit_sizes(total, units), first, second, references)
+        # prange indices may be unsigned
+        _part(x, xo, xst, dy, go, gst, shape, reference, units, np.int64(u), first, second, references)  # noqa: F821
+    return _reduction_result(_unit_sizes(total, units), first, second, references, reference.size == 0)
 
 
-def _row_block_pairs(x, xo, xst, dy, go, gst, shape, first_row, stop, k, first, second):
+@njit(inline="always", **_SERIAL)
+def _row_block_pairs(x, xo, xst, dy, go, gst, shape, first_row, stop, k, deviations, first, second):
     """Sums of ``_terms`` over rows ``first_row:stop`` into tiles (``k``: the tiled references)."""
     B, D, R, C = shape[1], shape[2], shape[3], shape[4]
     width = k.size
@@ -300,13 +324,15 @@ def _row_block_pairs(x, xo, xst, dy, go, gst, shape, first_row, stop, k, first, 
                 xt = xv[t : t + width]
                 gt = gv[t : t + width]
                 for j in range(xt.size):
-                    u, v = _terms(load(xt[j]), load(gt[j]), k[j])
+                    u, v = _terms(load(xt[j]), load(gt[j]), k[j], deviations)
                     first[j] += u
                     second[j] += v
         else:
             for i in range(n):
                 for c in range(C):
-                    u, v = _terms(load(x[xb + i * xst[3] + c * xst[4]]), load(dy[gb + i * gst[3] + c * gst[4]]), k[c])
+                    u, v = _terms(
+                        load(x[xb + i * xst[3] + c * xst[4]]), load(dy[gb + i * gst[3] + c * gst[4]]), k[c], deviations
+                    )
                     first[c] += u
                     second[c] += v
         row += n
@@ -315,47 +341,49 @@ def _row_block_pairs(x, xo, xst, dy, go, gst, shape, first_row, stop, k, first, 
 
 
 def _reduce_rows(x, xo, xst, dy, go, gst, shape, reference, blocks):
-    """``_finish`` of per-block sums over an ``(A, B, D, R, C)`` operand."""
+    """``_reduction_result`` of per-block sums over an ``(A, B, D, R, C)`` operand."""
     C = shape[4]
     rows = shape[0] * shape[1] * shape[2] * shape[3]
     blocks = max(min(blocks, rows), 1)
-    width = _tile_width(C)
     first = np.empty((blocks, C))
     second = np.empty((blocks, C))
     references = np.empty((blocks, C))
     for block in prange(blocks):
-        start = _part_start(np.int64(block), rows, blocks)
-        stop = _part_start(np.int64(block) + 1, rows, blocks)
-        # Per-block tiles: small heap allocations, where (blocks, width)
-        # scratch would be fresh pages that fault on every call.
-        k = np.empty(width)
-        tile_first = np.empty(width)
-        tile_second = np.empty(width)
-        if reference.size:
-            k[:C] = reference
-        else:  # the block's first row
-            a, b, d = _split3(start // shape[3], shape[1], shape[2])
-            head = _offset4(xo, xst, a, b, d, start % shape[3])
-            for c in range(C):
-                k[c] = np.float64(load(x[head + c * xst[4]]))
-        for offset in range(C, width, C):
-            k[offset : offset + C] = k[:C]
-        _row_block_pairs(x, xo, xst, dy, go, gst, shape, start, stop, k, tile_first, tile_second)
-        for offset in range(C, width, C):
-            for c in range(C):
-                tile_first[c] += tile_first[offset + c]
-                tile_second[c] += tile_second[offset + c]
-        first[block] = tile_first[:C]
-        second[block] = tile_second[:C]
-        references[block] = k[:C]
-    return _finish(_unit_sizes(rows, blocks), first, second, references)
+        _part(  # noqa: F821
+            x, xo, xst, dy, go, gst, shape, reference, blocks, np.int64(block), first, second, references
+        )
+    return _reduction_result(_unit_sizes(rows, blocks), first, second, references, reference.size == 0)
 
 
-@njit(**_SERIAL)
-def _deviation_terms(x, dy, shift):
-    """Statistics: sums of deviations from the unit's shift and of their squares."""
-    deviation = np.float64(x) - shift
-    return deviation, deviation * deviation
+def _reduce_row_block(x, xo, xst, dy, go, gst, shape, reference, blocks, block, first, second, references):
+    """Block ``block`` of ``_reduce_rows``: its sums and references into ``(blocks, C)`` arrays."""
+    C = shape[4]
+    rows = shape[0] * shape[1] * shape[2] * shape[3]
+    width = _tile_width(C)
+    start = _part_start(block, rows, blocks)
+    stop = _part_start(block + 1, rows, blocks)
+    # Per-block tiles: small heap allocations, where (blocks, width)
+    # scratch would be fresh pages that fault on every call.
+    k = np.empty(width)
+    tile_first = np.empty(width)
+    tile_second = np.empty(width)
+    if reference.size:
+        k[:C] = reference
+    else:  # the block's first row
+        a, b, d = _split3(start // shape[3], shape[1], shape[2])
+        head = _offset4(xo, xst, a, b, d, start % shape[3])
+        for c in range(C):
+            k[c] = np.float64(load(x[head + c * xst[4]]))
+    for offset in range(C, width, C):
+        k[offset : offset + C] = k[:C]
+    _row_block_pairs(x, xo, xst, dy, go, gst, shape, start, stop, k, reference.size == 0, tile_first, tile_second)
+    for offset in range(C, width, C):
+        for c in range(C):
+            tile_first[c] += tile_first[offset + c]
+            tile_second[c] += tile_second[offset + c]
+    first[block] = tile_first[:C]
+    second[block] = tile_second[:C]
+    references[block] = k[:C]
 
 
 @njit(**_SERIAL)
@@ -380,96 +408,117 @@ def _merged_states(sizes, sum_dev, sum_sq_dev, shifts):
 
 
 @njit(**_SERIAL)
-def _gradient_terms(x, dy, mean):
-    """Backward: ``dy`` and ``dy * (x - mean)``."""
-    g = np.float64(dy)
-    return g, g * (np.float64(x) - mean)
+def _reduction_result(sizes, first, second, references, deviations):
+    """The count and the per-channel pair of a reduction from its per-unit sums and references.
 
-
-@njit(**_SERIAL)
-def _summed(sizes, sum_dy, sum_dy_xmu, references):
-    """Per-channel totals of per-unit sums, added in unit order."""
-    return _sum_units(sum_dy), _sum_units(sum_dy_xmu)
+    Statistics (the references are the units' shifts): ``(count, mean, M2)``;
+    backward: ``(count, sum(dy), sum(dy * (x - mean)))``, added in unit order.
+    """
+    if deviations:
+        return _merged_states(sizes, first, second, references)
+    return sizes.sum(), _sum_units(first), _sum_units(second)
 
 
 # ------------------------------------------------------ elementwise passes
-# ``_value(x, dy, k0, k1, k2, k3)`` -> the output value of one element from
-# the input values (``dy`` is ``x`` again for one-input passes) and the
-# channel's four coefficients.
+# One walk serves both passes: ``(x - k0) * k1 + k2``, plus ``k3 * dy`` with
+# ``gradient`` (``dy`` is ``x`` again for the one-input pass, and is not
+# read: LLVM unswitches the loops on the invariant flag).
 
 
-def _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3):
+@njit(inline="always", **_SERIAL)
+def _value(x, dy, k0, k1, k2, k3, gradient):
+    """One output value from the input values and the channel's four coefficients."""
+    value = (x - k0) * k1 + k2
+    if gradient:
+        value += k3 * dy
+    return value
+
+
+@njit(inline="always", **_SERIAL)
+def _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, gradient):
     """``n`` outputs at ``ob`` (stride ``os``) from the inputs at ``xb``/``gb``."""
     if xs == 1 and gs == 1 and os == 1:
         xv = x[xb : xb + n]
         gv = dy[gb : gb + n]
         ov = out[ob : ob + n]
         for i in range(n):
-            ov[i] = store(_value(load(xv[i]), load(gv[i]), k0, k1, k2, k3), out)
+            ov[i] = store(_value(load(xv[i]), load(gv[i]), k0, k1, k2, k3, gradient), out)
     else:
         for i in range(n):
-            value = _value(load(x[xb + i * xs]), load(dy[gb + i * gs]), k0, k1, k2, k3)
+            value = _value(load(x[xb + i * xs]), load(dy[gb + i * gs]), k0, k1, k2, k3, gradient)
             out[ob + i * os] = store(value, out)
 
 
-def _tile_values(x, xb, dy, gb, out, ob, n, k):
+@njit(inline="always", **_SERIAL)
+def _tile_values(x, xb, dy, gb, out, ob, n, k, gradient):
     """``n`` packed outputs with per-value coefficients: ``k`` holds four tiled rows."""
     xv = x[xb : xb + n]
     gv = dy[gb : gb + n]
     ov = out[ob : ob + n]
     k0, k1, k2, k3 = k[0], k[1], k[2], k[3]
     for j in range(n):
-        ov[j] = store(_value(load(xv[j]), load(gv[j]), k0[j], k1[j], k2[j], k3[j]), out)
+        ov[j] = store(_value(load(xv[j]), load(gv[j]), k0[j], k1[j], k2[j], k3[j], gradient), out)
 
 
-def _elementwise_runs(x, xo, xst, dy, go, gst, out, oo, ost, shape, channel_position, k, part):
-    """``out = _value(x, dy, k[:, c])`` on runs, walked in memory order.
+def _elementwise_runs(x, xo, xst, dy, go, gst, out, oo, ost, shape, channel_position, k, gradient, part):
+    """``out = _value(x, dy, k[:, c])`` on runs, walked in memory order, in parts of ``part`` values.
 
     ``shape`` is ``(N0, N1, N2, N3, M)`` with the channel axis at
     ``channel_position`` among the first four; ``k`` is ``(4, C)``.
     """
-    N1, N2, N3, M = shape[1], shape[2], shape[3], shape[4]
-    total = shape[0] * N1 * N2 * N3 * M
+    total = shape[0] * shape[1] * shape[2] * shape[3] * shape[4]
     parts = _unit_count(total, part)
-    if (
+    packed = (
         _packed_runs(xst, shape, channel_position)
         and _packed_runs(gst, shape, channel_position)
         and _packed_runs(ost, shape, channel_position)
-    ):
-        for p in prange(parts):
-            position = _part_start(np.int64(p), total, parts)
-            stop = _part_start(np.int64(p) + 1, total, parts)
-            c = (position // M) % N3
-            while position < stop:
-                n = min(M - position % M, stop - position)
-                _segment_values(
-                    x, xo + position, 1, dy, go + position, 1, out, oo + position, 1, n,
-                    k[0, c], k[1, c], k[2, c], k[3, c],
-                )
-                position += n
-                c = c + 1 if c + 1 < N3 else 0
-        return
+    )
     for p in prange(parts):
-        position = _part_start(np.int64(p), total, parts)
-        stop = _part_start(np.int64(p) + 1, total, parts)
-        run, m = divmod(position, M)
-        i0, i1, i2, i3 = _split4(run, N1, N2, N3)
+        _part(  # noqa: F821
+            x, xo, xst, dy, go, gst, out, oo, ost, shape, channel_position, k, gradient, packed, parts, np.int64(p)
+        )
+
+
+def _elementwise_run_part(
+    x, xo, xst, dy, go, gst, out, oo, ost, shape, channel_position, k, gradient, packed, parts, p
+):
+    """Part ``p`` of ``_elementwise_runs``."""
+    N1, N2, N3, M = shape[1], shape[2], shape[3], shape[4]
+    total = shape[0] * N1 * N2 * N3 * M
+    position = _part_start(p, total, parts)
+    stop = _part_start(p + 1, total, parts)
+    if packed:
+        # Runs lie back to back: a value's flat position is its offset from the origin.
+        c = (position // M) % N3
         while position < stop:
-            n = min(M - m, stop - position)
-            c = _pick(channel_position, i0, i1, i2, i3)
-            xb = _offset4(xo, xst, i0, i1, i2, i3) + m * xst[4]
-            gb = _offset4(go, gst, i0, i1, i2, i3) + m * gst[4]
-            ob = _offset4(oo, ost, i0, i1, i2, i3) + m * ost[4]
-            _segment_values(x, xb, xst[4], dy, gb, gst[4], out, ob, ost[4], n, k[0, c], k[1, c], k[2, c], k[3, c])
+            n = min(M - position % M, stop - position)
+            _segment_values(
+                x, xo + position, 1, dy, go + position, 1, out, oo + position, 1, n,
+                k[0, c], k[1, c], k[2, c], k[3, c], gradient,
+            )
             position += n
-            m = 0
-            i0, i1, i2, i3 = _next4(i0, i1, i2, i3, N1, N2, N3)
+            c = c + 1 if c + 1 < N3 else 0
+        return
+    run, m = divmod(position, M)
+    i0, i1, i2, i3 = _split4(run, N1, N2, N3)
+    while position < stop:
+        n = min(M - m, stop - position)
+        c = _pick(channel_position, i0, i1, i2, i3)
+        xb = _offset4(xo, xst, i0, i1, i2, i3) + m * xst[4]
+        gb = _offset4(go, gst, i0, i1, i2, i3) + m * gst[4]
+        ob = _offset4(oo, ost, i0, i1, i2, i3) + m * ost[4]
+        _segment_values(
+            x, xb, xst[4], dy, gb, gst[4], out, ob, ost[4], n, k[0, c], k[1, c], k[2, c], k[3, c], gradient
+        )
+        position += n
+        m = 0
+        i0, i1, i2, i3 = _next4(i0, i1, i2, i3, N1, N2, N3)
 
 
-def _elementwise_rows(x, xo, xst, dy, go, gst, out, oo, ost, shape, k, blocks):
+def _elementwise_rows(x, xo, xst, dy, go, gst, out, oo, ost, shape, k, gradient, blocks):
     """``out = _value(x, dy, k[:, c])`` on ``(A, B, D, R, C)`` operands; ``k`` is ``(4, C)``."""
-    B, D, R, C = shape[1], shape[2], shape[3], shape[4]
-    rows = shape[0] * B * D * R
+    C = shape[4]
+    rows = shape[0] * shape[1] * shape[2] * shape[3]
     blocks = max(min(blocks, rows), 1)
     width = _tile_width(C)
     tiled = np.empty((4, width), k.dtype)
@@ -477,77 +526,53 @@ def _elementwise_rows(x, xo, xst, dy, go, gst, out, oo, ost, shape, k, blocks):
         tiled[i] = _tile(k[i], width)
     packed = xst[4] == 1 and xst[3] == C and gst[4] == 1 and gst[3] == C and ost[4] == 1 and ost[3] == C
     for block in prange(blocks):
-        row = _part_start(np.int64(block), rows, blocks)
-        stop = _part_start(np.int64(block) + 1, rows, blocks)
-        a, b, d = _split3(row // R, B, D)
-        r = row % R
-        while row < stop:
-            n = min(R - r, stop - row)
-            xb = _offset4(xo, xst, a, b, d, r)
-            gb = _offset4(go, gst, a, b, d, r)
-            ob = _offset4(oo, ost, a, b, d, r)
-            if packed:
-                for t in range(0, n * C, width):
-                    _tile_values(x, xb + t, dy, gb + t, out, ob + t, min(width, n * C - t), tiled)
-            else:
-                for i in range(n):
-                    for c in range(C):
-                        value = _value(
-                            load(x[xb + i * xst[3] + c * xst[4]]), load(dy[gb + i * gst[3] + c * gst[4]]),
-                            k[0, c], k[1, c], k[2, c], k[3, c],
-                        )
-                        out[ob + i * ost[3] + c * ost[4]] = store(value, out)
-            row += n
-            r = 0
-            a, b, d = _next3(a, b, d, B, D)
+        _part(  # noqa: F821
+            x, xo, xst, dy, go, gst, out, oo, ost, shape, k, tiled, gradient, packed, blocks, np.int64(block)
+        )
 
 
-@njit(**_SERIAL)
-def _normalized(x, dy, shift, scale, offset, unused):
-    """Forward: ``(x - shift) * scale + offset`` (``dy`` is unused)."""
-    return (x - shift) * scale + offset
-
-
-@njit(**_SERIAL)
-def _input_gradient(x, dy, shift, k_dy, k_x, k_const):
-    """Backward: ``k_dy * dy + k_x * (x - shift) + k_const``."""
-    return k_dy * dy + k_x * (x - shift) + k_const
+def _elementwise_row_block(x, xo, xst, dy, go, gst, out, oo, ost, shape, k, tiled, gradient, packed, blocks, block):
+    """Block ``block`` of ``_elementwise_rows`` (``tiled``: the coefficients repeated to a tile's width)."""
+    B, D, R, C = shape[1], shape[2], shape[3], shape[4]
+    rows = shape[0] * B * D * R
+    width = tiled.shape[1]
+    row = _part_start(block, rows, blocks)
+    stop = _part_start(block + 1, rows, blocks)
+    a, b, d = _split3(row // R, B, D)
+    r = row % R
+    while row < stop:
+        n = min(R - r, stop - row)
+        xb = _offset4(xo, xst, a, b, d, r)
+        gb = _offset4(go, gst, a, b, d, r)
+        ob = _offset4(oo, ost, a, b, d, r)
+        if packed:
+            for t in range(0, n * C, width):
+                _tile_values(x, xb + t, dy, gb + t, out, ob + t, min(width, n * C - t), tiled, gradient)
+        else:
+            for i in range(n):
+                for c in range(C):
+                    value = _value(
+                        load(x[xb + i * xst[3] + c * xst[4]]), load(dy[gb + i * gst[3] + c * gst[4]]),
+                        k[0, c], k[1, c], k[2, c], k[3, c], gradient,
+                    )
+                    out[ob + i * ost[3] + c * ost[4]] = store(value, out)
+        row += n
+        r = 0
+        a, b, d = _next3(a, b, d, B, D)
 
 
 # ------------------------------------------------------------- the kernels
 
-_REDUCTION_HELPERS = (_segment_pairs, _run_unit_pairs, _row_block_pairs)
-_ELEMENTWISE_HELPERS = (_segment_values, _tile_values)
-
-#: ``(x, xo, xst, x, xo, xst, shape, NO_REFERENCE, chunk)`` -> ``(count, mean, m2)``: per-channel float64 statistics.
-channel_stats_runs, channel_stats_runs_serial = _specialise(
-    "channel_stats_runs", _reduce_runs, _REDUCTION_HELPERS, _terms=_deviation_terms, _finish=_merged_states
-)
-#: ``(x, xo, xst, x, xo, xst, shape, NO_REFERENCE, blocks)`` -> ``(count, mean, m2)``.
-channel_stats_rows, channel_stats_rows_serial = _specialise(
-    "channel_stats_rows", _reduce_rows, _REDUCTION_HELPERS, _terms=_deviation_terms, _finish=_merged_states
-)
-#: ``(x, xo, xst, dy, go, gst, shape, mean, chunk)`` -> float64 ``(sum(dy), sum(dy * (x - mean)))``.
-grad_sums_runs, grad_sums_runs_serial = _specialise(
-    "grad_sums_runs", _reduce_runs, _REDUCTION_HELPERS, _terms=_gradient_terms, _finish=_summed
-)
-#: ``(x, xo, xst, dy, go, gst, shape, mean, blocks)`` -> float64 ``(sum(dy), sum(dy * (x - mean)))``.
-grad_sums_rows, grad_sums_rows_serial = _specialise(
-    "grad_sums_rows", _reduce_rows, _REDUCTION_HELPERS, _terms=_gradient_terms, _finish=_summed
-)
-#: ``(x, ..., x, ..., y, ..., shape, channel_position, k, part)``: ``y = (x - k0) * k1 + k2``.
-normalize_runs, normalize_runs_serial = _specialise(
-    "normalize_runs", _elementwise_runs, _ELEMENTWISE_HELPERS, _value=_normalized
-)
-#: ``(x, ..., x, ..., y, ..., shape, k, blocks)``.
-normalize_rows, normalize_rows_serial = _specialise(
-    "normalize_rows", _elementwise_rows, _ELEMENTWISE_HELPERS, _value=_normalized
-)
-#: ``(x, ..., dy, ..., dx, ..., shape, channel_position, k, part)``: ``dx = k1 * dy + k2 * (x - k0) + k3``.
-grad_input_runs, grad_input_runs_serial = _specialise(
-    "grad_input_runs", _elementwise_runs, _ELEMENTWISE_HELPERS, _value=_input_gradient
-)
-#: ``(x, ..., dy, ..., dx, ..., shape, k, blocks)``.
-grad_input_rows, grad_input_rows_serial = _specialise(
-    "grad_input_rows", _elementwise_rows, _ELEMENTWISE_HELPERS, _value=_input_gradient
+#: ``(x, xo, xst, dy, go, gst, shape, reference, chunk)`` over ``(C, A, B, D, M)`` runs:
+#: ``(count, mean, m2)`` with ``NO_REFERENCE`` (``dy`` is ``x``), else
+#: ``(count, sum(dy), sum(dy * (x - reference)))``; float64 per channel.
+reduce_runs, reduce_runs_serial = _compiled_pair("reduce_runs", _reduce_runs, _reduce_run_unit)
+#: ``(x, xo, xst, dy, go, gst, shape, reference, blocks)`` over ``(A, B, D, R, C)`` rows: as ``reduce_runs``.
+reduce_rows, reduce_rows_serial = _compiled_pair("reduce_rows", _reduce_rows, _reduce_row_block)
+#: ``(x, ..., dy, ..., out, ..., shape, channel_position, k, gradient, part)``:
+#: ``out = (x - k0) * k1 + k2`` (``+ k3 * dy`` with ``gradient``).
+elementwise_runs, elementwise_runs_serial = _compiled_pair("elementwise_runs", _elementwise_runs, _elementwise_run_part)
+#: ``(x, ..., dy, ..., out, ..., shape, k, gradient, blocks)``: as ``elementwise_runs``.
+elementwise_rows, elementwise_rows_serial = _compiled_pair(
+    "elementwise_rows", _elementwise_rows, _elementwise_row_block
 )

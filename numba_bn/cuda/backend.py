@@ -91,9 +91,9 @@ def grad_sum_parts(x, grad_output, channel_axis, mean):
 
 
 def grad_input(x, grad_output, channel_axis, coefficients):
-    """New C-contiguous ``k_dy * dy + k_x * (x - shift) + k_const``, ``x``'s dtype.
+    """New C-contiguous ``(x - shift) * k_x + k_const + k_dy * dy``, ``x``'s dtype.
 
-    ``coefficients`` rows: shift, k_dy, k_x, k_const (``(4, C)``, compute dtype).
+    ``coefficients`` rows: shift, k_x, k_const, k_dy (``(4, C)``, compute dtype).
     """
     dx = device_array(x.shape, x.dtype)
     layout, (xv, dyv), (dxv,) = device_views(channel_axis, [x, grad_output], [dx])

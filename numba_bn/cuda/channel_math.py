@@ -56,7 +56,7 @@ def update_running(running_mean, running_var, mean, m2, count, factor):
 
 @cuda.jit
 def backward_coefficients(part_dy, part_dy_xmu, mean, invstd, weight, count, sums, coefficients):
-    """Coefficients of ``dx = k_dy * dy + k_x * (x - shift) + k_const`` and the weight and bias
+    """Coefficients of ``dx = (x - shift) * k_x + k_const + k_dy * dy`` and the weight and bias
     gradients, from the partial sums (``_formulas.backward_channel``)."""
     for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
         sum_dy, sum_dy_xmu = _sum_parts(part_dy, part_dy_xmu, c)

@@ -357,9 +357,9 @@ def _normalized(x, dy, shift, scale, offset, unused):
 
 
 @cuda.jit(device=True)
-def _input_gradient(x, dy, shift, k_dy, k_x, k_const):
-    """Backward: ``k_dy * dy + k_x * (x - shift) + k_const``."""
-    return k_dy * dy + k_x * (x - shift) + k_const
+def _input_gradient(x, dy, shift, k_x, k_const, k_dy):
+    """Backward: ``(x - shift) * k_x + k_const + k_dy * dy``."""
+    return (x - shift) * k_x + k_const + k_dy * dy
 
 
 @cuda.jit

@@ -7,8 +7,19 @@ and only once CUDA is used.
 """
 
 from numba import config as _numba_config
-from numba import cuda
 from numpy.lib.stride_tricks import as_strided
+
+#: How to get the CUDA compiler; it is an optional dependency.
+INSTALL_HINT = "pip install 'numba_bn[cuda]' (the numba-cuda package)"
+
+try:
+    # numba-cuda installs itself as numba.cuda; without it an older numba
+    # would hand out its own deprecated copy, which numba_bn does not support.
+    import numba_cuda  # noqa: F401
+except ImportError as error:
+    raise ImportError(f"numba_bn's CUDA backend needs numba-cuda: {INSTALL_HINT}") from error
+
+from numba import cuda  # noqa: E402
 
 __all__ = ["cuda", "is_available", "is_simulator", "strided_view"]
 
