@@ -4,24 +4,29 @@ Sub-commands:
 
 ``bench`` (the default)
     Time numba_bn, PyTorch (when installed), plain NumPy and a copy of the
-    same size (the memory-bandwidth roofline) on a set of shapes, and print
-    a table of speedups and % of the roofline.
+    same size (the memory-bandwidth roofline) on a set of shapes, their
+    samples interleaved, and print a table of median times with their
+    spread, speedups and % of the roofline.
 ``info``
     Versions, threading layer and thread count, CUDA availability, cache dir.
 ``startup``
     Time ``import numba_bn`` plus the first calls in a fresh process, with a
     cold and with a warm kernel cache.
+``precompile``
+    Compile the CPU kernels into the on-disk cache ahead of their first use.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import textwrap
 from typing import Sequence
 
 from .bench import cases as bench_cases
-from .bench.implementations import DEVICES, cuda_available, implementations
+from .bench.implementations import DEVICES, cuda_available, implementations, unavailable
 from .bench.progress import ProgressBar
 from .bench.report import (
     MissingDependencyError,
@@ -29,12 +34,19 @@ from .bench.report import (
     format_text_table,
     machine_info,
     save_plot,
+    table_notes,
     to_json,
 )
-from .bench.timing import max_threads
+from .bench.timing import MIN_REPEATS, max_threads
+from . import _precompile as precompile_choices
 
-COMMANDS = ("bench", "info", "startup")
+COMMANDS = ("bench", "info", "startup", "precompile")
+_PRECOMPILE_DTYPES, _PRECOMPILE_LAYOUTS, _PRECOMPILE_RANKS = (
+    precompile_choices.DTYPES, precompile_choices.LAYOUTS, precompile_choices.RANKS
+)
 LAYOUT_CHOICES = ("both",) + bench_cases.LAYOUTS
+#: Seconds of samples per implementation and case: default, and with --quick.
+BUDGET, QUICK_BUDGET = 0.25, 0.05
 
 
 # ------------------------------------------------------------ argument types
@@ -70,6 +82,22 @@ def _threads_argument(text: str) -> int:
     return value
 
 
+def _choices_argument(allowed, convert=str):
+    """A parser of comma-separated values from ``allowed``."""
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(convert(value.strip()) for value in text.split(",") if value.strip())
+        except ValueError:
+            values = ()
+        if not values or any(value not in allowed for value in values):
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {','.join(map(str, allowed))}, got {text!r}"
+            )
+        return values
+
+    return parse
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -99,22 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (also used to check the README's command lines)."""
     parser = argparse.ArgumentParser(
         prog="python -m numba_bn",
-        description="Benchmark numba_bn's BatchNorm against PyTorch, NumPy and a copy roofline, "
-                    "or show the setup. With no command, runs 'bench'.",
+        description=textwrap.fill(
+            "Benchmark numba_bn's BatchNorm against PyTorch, NumPy and a copy roofline, "
+            "or show the setup. With no command, runs 'bench', so the bench options below "
+            "work on their own: python -m numba_bn --quick.", width=_help_width()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"numba_bn {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{bench,info,startup}")
+    commands = parser.add_subparsers(dest="command", metavar="{bench,info,startup,precompile}")
 
     bench = commands.add_parser(
         "bench", help="time numba_bn against its peers (default)",
-        description="Time numba_bn, PyTorch (if installed), plain NumPy and an np.copyto of the same "
-                    "size on each case, then print speedups (peer time / numba_bn time) and "
-                    "numba_bn's % of the copy roofline.",
+        description="Time numba_bn, PyTorch (if installed), plain NumPy and a parallel copy of the "
+                    "same size on each case, taking their samples in turn after a warm-up call on "
+                    "the case's own arrays, then print median times with their spread, speedups "
+                    "(peer time / numba_bn time) and numba_bn's % of the copy roofline.",
     )
     bench.add_argument("--quick", action="store_true",
-                       help="a seconds-long run: a few shapes, short timing budget")
+                       help=f"a short run: a few shapes, a short timing budget ({QUICK_BUDGET:g} s, "
+                            f"at least {MIN_REPEATS} samples of each implementation)")
     bench.add_argument("--shapes", type=_shapes_argument, metavar="NxCx...[,...]",
                        help="shapes in (N, C, ...) order, e.g. 32x64x56x56,64x128 "
                             "(default: the README's set; --quick: a small subset)")
@@ -130,13 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="OP[,OP...]",
                        help=f"subset of {','.join(bench_cases.OPERATIONS)} (default all)")
     bench.add_argument("--budget", type=_positive_seconds, default=None, metavar="SECONDS",
-                       help="seconds of timing per implementation and case (default 0.25; --quick 0.05)")
+                       help=f"seconds of samples per implementation and case (default {BUDGET:g}; "
+                            f"--quick {QUICK_BUDGET:g}); at least {MIN_REPEATS} samples are taken whatever "
+                            "the budget. Raise it when rows are marked ~ (too noisy to call)")
     bench.add_argument("--json", type=_output_path(None), metavar="FILE",
                        help="also write every timing, the machine and the settings as JSON")
     bench.add_argument("--plot", type=_output_path(".png"), metavar="FILE.png",
                        help="also save a bar chart of the speedups and %% of roofline (needs matplotlib)")
     bench.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     bench.set_defaults(usage_parser=bench)
+    parser.epilog = "bench options (the default command):\n" + _options_help(bench)
 
     commands.add_parser("info", help="versions, threads, CUDA, cache directory",
                         description="Show versions, the threading layer and thread count, "
@@ -144,7 +180,40 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("startup", help="time import + first call with a cold and a warm cache",
                         description="Time 'import numba_bn' plus a first training step in fresh "
                                     "processes: once on an empty kernel cache, once on the filled one.")
+    precompile = commands.add_parser(
+        "precompile", help="compile the CPU kernels ahead of their first use",
+        description="Compile the CPU kernels for the chosen dtypes, layouts and ranks into Numba's "
+                    "on-disk cache (NUMBA_CACHE_DIR), so that first calls in later processes are fast. "
+                    "Takes about a minute for everything on a 2-core machine, once.",
+    )
+    precompile.add_argument("--dtypes", type=_choices_argument(_PRECOMPILE_DTYPES), default=_PRECOMPILE_DTYPES,
+                            metavar="DTYPE[,DTYPE...]",
+                            help=f"subset of {','.join(_PRECOMPILE_DTYPES)} (default all)")
+    precompile.add_argument("--layouts", type=_choices_argument(_PRECOMPILE_LAYOUTS), default=_PRECOMPILE_LAYOUTS,
+                            metavar="LAYOUT[,LAYOUT...]",
+                            help=f"subset of {','.join(_PRECOMPILE_LAYOUTS)} (default both)")
+    precompile.add_argument("--ranks", type=_choices_argument(_PRECOMPILE_RANKS, int), default=_PRECOMPILE_RANKS,
+                            metavar="RANK[,RANK...]",
+                            help=f"subset of {','.join(map(str, _PRECOMPILE_RANKS))} (default all)")
+    precompile.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     return parser
+
+
+def _help_width() -> int:
+    """The width argparse wraps help to (the terminal's, less a margin)."""
+    import shutil
+
+    return max(40, min(100, shutil.get_terminal_size().columns - 2))
+
+
+def _options_help(parser: argparse.ArgumentParser) -> str:
+    """The option lines of ``parser``'s help, without its usage and description."""
+    text = parser.format_help()
+    heading = re.search(r"^(options|optional arguments):$", text, flags=re.MULTILINE)
+    if heading is None:
+        return text
+    lines = text[heading.end():].strip("\n").splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith("-h, --help"))
 
 
 def _with_default_command(argv: Sequence[str]) -> list[str]:
@@ -183,7 +252,7 @@ def _cuda_modules_unsupported() -> str | None:
 
 def run_bench(args: argparse.Namespace) -> int:
     """The ``bench`` command; returns the exit status."""
-    from .bench.runner import run_cases, warm_up
+    from .bench.runner import run_cases
     from .bench.timing import set_threads
 
     parser = args.usage_parser
@@ -212,33 +281,30 @@ def run_bench(args: argparse.Namespace) -> int:
     if not cases:
         parser.error(f"no case to run: --layout {args.layout} applies only to shapes of 3 or more "
                      "dimensions (an (N, C) batch is the same in both layouts)")
-    budget = args.budget or (0.05 if args.quick else 0.25)
+    budget = args.budget or (QUICK_BUDGET if args.quick else BUDGET)
     threads = set_threads(args.threads or max_threads())
     chosen = implementations(args.device)
+    missing = [impl.unavailable_reason() or impl.name for impl in unavailable(args.device)]
 
-    progress = None if args.no_progress else ProgressBar(len(cases) + 1)
-    if progress is not None:
-        progress.update("compiling numba_bn kernels (or loading them from the cache)")
-    warm_up(cases, args.device)
-    if progress is not None:
-        progress.update("compiled", advance=1)
-    results = run_cases(cases, args.device, chosen, progress, budget=budget)
+    # One step per case: "compiling/warming up <case>" (its first calls, untimed), then "timing <case>".
+    progress = None if args.no_progress else ProgressBar(len(cases))
+    results = run_cases(cases, args.device, chosen, progress, budget=budget, min_repeats=MIN_REPEATS)
     if progress is not None:
         progress.finish()
 
     machine = machine_info(threads if args.device == "cpu" else None)
     print(format_text_table(results))
     print()
-    print("vs X: X's time / numba_bn's time (above 1: numba_bn is faster). "
-          "% copy: numba_bn's bandwidth (its least memory traffic / time) over a parallel copy's "
-          "of the input's size.")
+    for line in table_notes(results, missing):
+        print(line)
     print(f"{machine['cpu']}, {threads} threads, device {args.device}, {args.dtype}; "
           + ", ".join(f"{impl.name}: {impl.description}" for impl in chosen))
     if args.json:
         import json
 
         settings = {"command": command_line(), "device": args.device, "dtype": args.dtype,
-                    "threads": threads, "budget_seconds": budget}
+                    "threads": threads, "budget_seconds": budget, "min_samples": MIN_REPEATS,
+                    "statistic": "median", "left_out": missing}
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(to_json(results, machine, settings), handle, indent=2)
         print(f"wrote {args.json}")
@@ -320,6 +386,23 @@ def run_startup() -> int:
     return 0
 
 
+def run_precompile(args: argparse.Namespace) -> int:
+    """The ``precompile`` command; returns the exit status."""
+    from . import precompile
+
+    seconds = precompile(args.dtypes, args.layouts, args.ranks, progress=not args.no_progress)
+    total = sum(seconds.values())
+    print(f"compiled numba_bn's CPU kernels for {len(seconds)} dtype/layout/rank combinations in {total:.1f} s; "
+          f"cached in {_cache_directory()}")
+    return 0
+
+
+def _cache_directory() -> str:
+    import numba
+
+    return numba.config.CACHE_DIR or "__pycache__ folders next to numba_bn's modules"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m numba_bn`` and ``numba-bn``.
 
@@ -343,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_info()
         if args.command == "startup":
             return run_startup()
+        if args.command == "precompile":
+            return run_precompile(args)
         return run_bench(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,8 +1,10 @@
 """``python -m numba_bn``: bench, info and startup, progress bar, errors, and the table script."""
 
+import importlib
 import importlib.util
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +14,10 @@ import pytest
 from numba_bn import cli
 from numba_bn.bench import cases, report
 from numba_bn.bench.report import MIN_COPIES
-from numba_bn.bench.implementations import OURS, ROOFLINE, cuda_available
+from numba_bn.bench.implementations import OURS, ROOFLINE
 from numba_bn.bench.progress import ProgressBar
 from numba_bn.bench.startup import StartupTiming
+from numba_bn.bench.timing import MIN_REPEATS, Timing
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -43,6 +46,9 @@ def test_bench_writes_table_and_consistent_json(tmp_path, capsys):
     assert status == 0
     captured = capsys.readouterr()
     assert "[" in captured.err and "done" in captured.err  # the progress bar, on stderr
+    # Each case is first warmed up at its real size, then timed; the bar says which.
+    assert "compiling/warming up train_forward 8x4x6x6 channels_first" in captured.err
+    assert "timing train_forward 8x4x6x6 channels_first" in captured.err
     assert "vs numpy" in captured.out and "% copy" in captured.out
     data = json.loads(path.read_text())
     assert data["settings"]["threads"] == data["machine"]["threads"] == 1
@@ -56,20 +62,29 @@ def test_bench_writes_table_and_consistent_json(tmp_path, capsys):
         timings = row["timings"]
         assert {OURS, "numpy", ROOFLINE} <= set(timings)
         assert ("torch" in timings) == (importlib.util.find_spec("torch") is not None)
+        # Ratios compare medians; each timing has its quartiles and at least the minimum of samples.
+        assert row["statistic"] == "median"
         for peer, speedup in row["speedups"].items():
-            assert speedup == pytest.approx(timings[peer]["best"] / timings[OURS]["best"])
+            assert speedup == pytest.approx(timings[peer]["median"] / timings[OURS]["median"])
+            low, high = row["speedup_ranges"][peer]
+            assert low <= high
+        assert set(row["too_wide_to_call"]) == set(timings) - {OURS}
         least_traffic = MIN_COPIES[row["operation"]]
         assert row["roofline_fraction"] == pytest.approx(
-            least_traffic * timings[ROOFLINE]["best"] / timings[OURS]["best"]
+            least_traffic * timings[ROOFLINE]["median"] / timings[OURS]["median"]
         )
-        assert all(t["best"] <= t["median"] for t in timings.values())
+        for t in timings.values():
+            assert t["best"] <= t["q1"] <= t["median"] <= t["q3"]
+            assert t["relative_iqr"] == pytest.approx((t["q3"] - t["q1"]) / t["median"])
+            assert t["repeats"] >= MIN_REPEATS and t["calls_per_sample"] >= 1
         assert f"{row['operation']}" in captured.out
 
 
 def test_quick_run_prints_the_table(capsys):
     assert cli.main(["--quick", "--no-progress"]) == 0
     captured = capsys.readouterr()
-    assert captured.err == ""
+    # Nothing on stderr but the one-line notices of kernels compiling on a cold cache.
+    assert all(line.startswith("numba_bn: compiling") for line in captured.err.splitlines()), captured.err
     table = captured.out
     for shape in cases.QUICK_SHAPES:
         assert cases.format_shape(shape) in table
@@ -134,12 +149,6 @@ def test_module_entry_point_has_no_traceback_on_bad_input():
     )
     assert completed.returncode == 2
     assert "usage:" in completed.stderr and "Traceback" not in completed.stderr
-
-
-@pytest.mark.skipif(cuda_available(), reason="CUDA is available here")
-def test_cuda_device_without_cuda_explains(capsys):
-    assert cli.main(["--device", "cuda", "--quick"]) == 1
-    assert "CUDA is not available" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(HAS_MATPLOTLIB, reason="matplotlib is installed")
@@ -212,8 +221,9 @@ def test_time_host_measures_and_batches_short_calls():
     assert 0.002 <= timing.best <= timing.median and timing.repeats >= 3
     calls = []
     fast = time_host(lambda: calls.append(None), min_repeats=3, max_repeats=3, budget=0)
-    # One warm-up call, then 3 samples of one or more calls each (short calls are batched).
-    assert fast.repeats == 3 and len(calls) >= 4 and (len(calls) - 1) % 3 == 0
+    # A warm-up call, then 3 samples, each an untimed call and a batch of calls lasting ~1 ms.
+    assert fast.repeats == 3 and fast.calls_per_sample > 1
+    assert len(calls) >= 1 + 3 * (1 + fast.calls_per_sample)
     assert fast.best <= fast.median < 1e-3
 
 
@@ -272,3 +282,135 @@ def test_host_timings_are_interleaved():
     assert [timing.repeats for timing in timings.values()] == [3, 3]
     # Warm-up a, warm-up b, then one sample (of one or more calls) of each in turn.
     assert [name for name, _ in groupby(calls)] == ["a", "b"] * 4
+
+
+# ------------------------------------------------- a benchmark to be trusted
+
+
+def _tiny_bench(*extra):
+    """The smallest bench run: one tiny case, the shortest budget."""
+    return cli.main(["--shapes", "16x8", "--operations", "eval_forward", "--budget", "0.005", "--no-progress",
+                     *extra])
+
+
+def test_top_level_help_lists_the_bench_options(capsys):
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["--help"])
+    assert raised.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--quick", "--shapes", "--budget", "--threads", "--json"):
+        assert option in out
+    assert "precompile" in out and "startup" in out  # the other commands are still listed
+
+
+def test_bench_prints_spread_and_explains_percent_of_copy(capsys):
+    assert _tiny_bench() == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("eval_forward"))
+    # numba_bn's cell: the median time and its spread, e.g. "68.3 µs ±7%".
+    assert re.search(r"\d (ns|µs|ms|s) ±\d+%", row)
+    assert "interquartile range" in out
+    footnote = next(line for line in out.splitlines() if line.startswith("% copy:"))
+    assert "Above 100%" in footnote and "cache" in footnote and "large arrays" in footnote
+
+
+def test_missing_pytorch_is_named_with_its_install_command(monkeypatch, tmp_path, capsys):
+    implementations = importlib.import_module("numba_bn.bench.implementations")
+
+    monkeypatch.setattr(implementations, "_importable", lambda module: module != "torch")
+    path = tmp_path / "bench.json"
+    assert _tiny_bench("--json", str(path)) == 0
+    out = capsys.readouterr().out
+    assert "vs torch" not in out and "vs numpy" in out
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1
+    assert "torch" in notes[0] and "not installed" in notes[0]
+    assert "pip install torch==2.13.0" in notes[0]
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in notes[0]
+    data = json.loads(path.read_text())
+    assert data["settings"]["left_out"] == [notes[0][len("note: "):]]
+    assert "torch" not in data["results"][0]["timings"]
+
+
+def test_pytorch_without_cuda_is_explained_for_the_gpu_benchmark():
+    import dataclasses
+
+    from numba_bn.bench.implementations import IMPLEMENTATIONS
+
+    torch_cuda = dataclasses.replace(IMPLEMENTATIONS["cuda"]["torch"], requires=(), usable=lambda: False)
+    reason = torch_cuda.unavailable_reason()
+    assert "torch.cuda.is_available() is False" in reason and "pip install" in reason
+    assert dataclasses.replace(torch_cuda, usable=lambda: True).unavailable_reason() is None
+
+
+def test_samples_of_implementations_alternate_round_after_round():
+    from itertools import groupby
+
+    from numba_bn.bench.timing import time_interleaved
+
+    calls = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in ("ours", "peer", "copy")}
+    timings = time_interleaved(runs, min_repeats=5, max_repeats=5, budget=0, min_sample_seconds=0)
+    assert [timing.repeats for timing in timings.values()] == [5, 5, 5]
+    assert all(timing.calls_per_sample == 1 for timing in timings.values())
+    # Warm-up calls, then one sample (an untimed call and a timed one) of each per round:
+    # the same order every round, never two samples of one implementation in a row.
+    runs_of_calls = [(name, len(list(group))) for name, group in groupby(calls)]
+    sampling = runs_of_calls[-15:]
+    assert [name for name, _ in sampling] == ["ours", "peer", "copy"] * 5
+    assert all(count == 2 for _, count in sampling)
+
+
+def test_interleaved_samples_share_a_drift_of_the_machine(monkeypatch):
+    """A machine that slows down 3x mid-run: both medians move, their ratio and its range do not."""
+    from numba_bn.bench import timing as timing_module
+
+    clock = {"calls": 0}
+
+    def measure(run, calls):
+        clock["calls"] += calls
+        slowdown = 3.0 if clock["calls"] > 40 else 1.0
+        return run() * calls * slowdown
+
+    monkeypatch.setattr(timing_module, "_measure_host", measure)
+    timings = timing_module.time_interleaved({OURS: lambda: 1e-3, "peer": lambda: 2e-3}, min_repeats=20,
+                                             max_repeats=20, budget=0, min_sample_seconds=0)
+    result = report.CaseResult(cases.Case("eval_forward", (16, 8)), "cpu", timings)
+    assert timings[OURS].relative_iqr > 0.5  # the drift shows in each side's spread...
+    assert result.speedup("peer") == pytest.approx(2.0)
+    assert result.speedup_range("peer") == pytest.approx((2.0, 2.0))  # ...not in the paired ratios
+
+
+def _result(ours_samples, peer_samples, copy_samples=None):
+    timings = {OURS: Timing.from_samples(ours_samples), "torch": Timing.from_samples(peer_samples)}
+    if copy_samples is not None:
+        timings[ROOFLINE] = Timing.from_samples(copy_samples)
+    return report.CaseResult(cases.Case("eval_forward", (16, 8)), "cpu", timings)
+
+
+def test_comparisons_too_wide_to_call_are_marked_with_a_legend():
+    steady = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0]
+    clear = _result(steady, [2 * t for t in steady], steady)
+    noisy = _result([1.0, 2.0, 0.5, 1.5, 0.7, 1.8, 1.0], [2 * t for t in steady], steady)
+    even = _result(steady, [1.0, 0.98, 1.03, 0.97, 1.02, 1.0, 1.01], steady)  # tight, but which is faster?
+    assert not clear.too_wide_to_call("torch") and not clear.too_wide_to_call(ROOFLINE)
+    assert noisy.too_wide_to_call("torch") and noisy.too_wide_to_call(ROOFLINE)
+    assert even.too_wide_to_call("torch") and not even.too_wide_to_call(ROOFLINE)
+
+    table = report.format_text_table([clear]).splitlines()
+    assert report.UNCERTAIN_MARK not in table[2] and "2.00x" in table[2]
+    assert not any(line.startswith(report.UNCERTAIN_MARK) for line in report.table_notes([clear]))
+
+    table = report.format_text_table([clear, noisy, even]).splitlines()
+    assert "~" not in table[2] and "~2.00x" in table[3] and "~1.00x" in table[4]
+    legend = [line for line in report.table_notes([clear, noisy, even]) if line.startswith("~:")]
+    assert len(legend) == 1 and "rerun" in legend[0] and "--budget" in legend[0]
+
+
+def test_timing_quartiles_and_json():
+    timing = Timing.from_samples([4.0, 1.0, 3.0, 2.0, 5.0], calls_per_sample=7)
+    assert (timing.best, timing.q1, timing.median, timing.q3) == (1.0, 2.0, 3.0, 4.0)
+    assert timing.relative_iqr == pytest.approx(2 / 3)
+    assert timing.as_dict() == {"best": 1.0, "median": 3.0, "repeats": 5, "q1": 2.0, "q3": 4.0,
+                                "relative_iqr": pytest.approx(2 / 3), "calls_per_sample": 7}
+    assert Timing(best=1.0, median=2.0, repeats=3).relative_iqr is None  # e.g. from an older file

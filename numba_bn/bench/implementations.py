@@ -61,10 +61,30 @@ class Implementation:
     prepare: Callable[[Case, CaseData], Prepared]
     requires: tuple[str, ...] = ()  # importable modules it needs
     usable: Callable[[], bool] = lambda: True  # a run-time check beyond the imports
+    install_hint: str = ""  # how to install what ``requires`` names
+    unusable_hint: str = ""  # why ``usable()`` can be False, and what to do about it
 
     def is_available(self) -> bool:
         """Whether the modules it needs are importable and its device is usable."""
         return all(_importable(module) for module in self.requires) and self.usable()
+
+    def unavailable_reason(self) -> str | None:
+        """Why it cannot run here and how to change that, in one sentence; None when it can run.
+
+        Returns
+        -------
+        str or None
+            For example "torch is left out: the torch package is not
+            installed. To compare with it: pip install ...".
+        """
+        missing = [module for module in self.requires if not _importable(module)]
+        if missing:
+            packages = ", ".join(missing)
+            return (f"{self.name} is left out: the {packages} package is not installed. "
+                    f"{self.install_hint}".rstrip())
+        if not self.usable():
+            return f"{self.name} is left out: {self.unusable_hint or 'it cannot run here'}"
+        return None
 
 
 @lru_cache(maxsize=None)
@@ -296,13 +316,24 @@ def _prepare_copy_cuda(case: Case, data: CaseData) -> Prepared:
     return Prepared(run, lambda result: {})
 
 
+_TORCH_CPU_INSTALL = (
+    "To compare with it: pip install torch==2.13.0 (or, for the CPU-only wheel on any machine: "
+    "pip install torch --index-url https://download.pytorch.org/whl/cpu)."
+)
+_TORCH_CUDA_INSTALL = "To compare with it: pip install torch (PyPI's Linux wheels are CUDA builds)."
+_TORCH_CUDA_UNUSABLE = (
+    "PyTorch is installed but torch.cuda.is_available() is False (a CPU-only build, or no GPU it can use). "
+    "To compare with it: install a CUDA build of PyTorch "
+    "(PyPI's Linux wheels are: pip install --force-reinstall torch)."
+)
+
 #: Every implementation, by device and name, in the order tables show them.
 IMPLEMENTATIONS: Mapping[str, Mapping[str, Implementation]] = {
     "cpu": {
         OURS: Implementation(OURS, "cpu", "numba_bn modules (Numba @njit(parallel=True) kernels)",
                              _prepare_numba_bn),
         "torch": Implementation("torch", "cpu", "PyTorch CPU: F.batch_norm / aten.native_batch_norm_backward",
-                                _prepare_torch, requires=("torch",)),
+                                _prepare_torch, requires=("torch",), install_hint=_TORCH_CPU_INSTALL),
         "numpy": Implementation("numpy", "cpu", "plain vectorised NumPy", _prepare_numpy),
         ROOFLINE: Implementation(ROOFLINE, "cpu", "parallel copy of an array of the input's size (roofline)",
                                  _prepare_copy),
@@ -312,7 +343,8 @@ IMPLEMENTATIONS: Mapping[str, Mapping[str, Implementation]] = {
                              _prepare_numba_bn_cuda, usable=cuda_available),
         "torch": Implementation("torch", "cuda", "PyTorch CUDA: F.batch_norm / aten.native_batch_norm_backward",
                                 _prepare_torch_cuda, requires=("torch",),
-                                usable=lambda: cuda_available() and torch_cuda_available()),
+                                usable=lambda: cuda_available() and torch_cuda_available(),
+                                install_hint=_TORCH_CUDA_INSTALL, unusable_hint=_TORCH_CUDA_UNUSABLE),
         ROOFLINE: Implementation(ROOFLINE, "cuda", "device-to-device copy of an array of the input's size",
                                  _prepare_copy_cuda, usable=cuda_available),
     },
@@ -344,3 +376,18 @@ def implementations(device: str = "cpu", available_only: bool = True) -> list[Im
         raise ValueError(f"expected device in {list(DEVICES)}, got {device!r}")
     table = IMPLEMENTATIONS[device].values()
     return [impl for impl in table if impl.is_available() or not available_only]
+
+
+def unavailable(device: str = "cpu") -> list[Implementation]:
+    """The implementations for ``device`` that cannot run here (see :meth:`Implementation.unavailable_reason`).
+
+    Parameters
+    ----------
+    device : {"cpu", "cuda"}
+
+    Returns
+    -------
+    list of Implementation
+        In table order; empty when everything can run.
+    """
+    return [impl for impl in implementations(device, available_only=False) if not impl.is_available()]

@@ -1,12 +1,18 @@
 """Results of a benchmark run as ratios: tables for the terminal and the README, JSON, a plot.
 
-The figures compared are *speedups* (a peer's best time divided by
-numba_bn's: above 1 means numba_bn is faster) and the *fraction of the copy
-roofline*: numba_bn's memory bandwidth over a parallel copy's, counting for
-numba_bn the least memory traffic of its operation. A copy reads and writes
-the array once; the least traffic of each operation, in copies, is in
-:data:`MIN_COPIES`, so the fraction is the copy's best time over numba_bn's
-times ``MIN_COPIES[operation]`` (100% = numba_bn moves data as fast as a copy).
+The figures compared are *speedups* (a peer's time divided by numba_bn's:
+above 1 means numba_bn is faster) and the *fraction of the copy roofline*:
+numba_bn's memory bandwidth over a parallel copy's, counting for numba_bn the
+least memory traffic of its operation. A copy reads and writes the array
+once; the least traffic of each operation, in copies, is in
+:data:`MIN_COPIES`, so the fraction is the copy's time over numba_bn's times
+``MIN_COPIES[operation]`` (100% = numba_bn moves data as fast as a copy).
+
+The time compared is the median of interleaved samples for the command
+line's runs, and pytest-benchmark's minimum for ``benchmarks/`` (which times
+each implementation on its own, not interleaved). A comparison whose spread
+is too wide to call (:meth:`CaseResult.too_wide_to_call`) is marked with
+:data:`UNCERTAIN_MARK` in the terminal table.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .cases import OPERATIONS, Case
 from .implementations import OURS, ROOFLINE
-from .timing import Timing
+from .timing import Timing, quartiles
 
 #: Least memory traffic of each operation, as copies of the input (read + write = 1 copy):
 #: eval forward reads x and writes y; train forward also reads x once for the
@@ -28,29 +34,91 @@ MIN_COPIES: Mapping[str, float] = {"eval_forward": 1.0, "train_forward": 1.5, "t
 
 PEER_LABELS: Mapping[str, str] = {"torch": "PyTorch", "numpy": "NumPy"}
 
+#: A comparison is too wide to call when either side's interquartile range
+#: exceeds this fraction of its median (a spread beyond ±10%), or when the
+#: interquartile range of the speedup spans 1.0 (see CaseResult.too_wide_to_call).
+MAX_RELATIVE_IQR = 0.20
+#: What starts a ratio of the terminal table that is too wide to call.
+UNCERTAIN_MARK = "~"
+
+#: The statistics a :class:`CaseResult` can compare.
+STATISTICS: tuple[str, ...] = ("median", "best")
+
 
 @dataclass(frozen=True)
 class CaseResult:
-    """The timings of every implementation of one case on one device."""
+    """The timings of every implementation of one case on one device.
+
+    ``statistic`` is the figure of each :class:`~numba_bn.bench.timing.Timing`
+    that times and ratios use: ``"median"`` (the command line's interleaved
+    samples) or ``"best"`` (pytest-benchmark's minimum).
+    """
 
     case: Case
     device: str = "cpu"
     timings: Mapping[str, Timing] = field(default_factory=dict)
+    statistic: str = "median"
+
+    def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"expected statistic in {list(STATISTICS)}, got {self.statistic!r}")
 
     def best(self, implementation: str) -> float | None:
         """Best seconds per call of ``implementation`` (None when it did not run)."""
         timing = self.timings.get(implementation)
         return None if timing is None else timing.best
 
+    def time(self, implementation: str) -> float | None:
+        """Seconds per call of ``implementation`` that ratios use: its median or best (None when it did not run)."""
+        timing = self.timings.get(implementation)
+        return None if timing is None else getattr(timing, self.statistic)
+
     def speedup(self, peer: str) -> float | None:
-        """``peer``'s best time over numba_bn's (None when either is missing)."""
-        ours, theirs = self.best(OURS), self.best(peer)
+        """``peer``'s time over numba_bn's (None when either is missing)."""
+        ours, theirs = self.time(OURS), self.time(peer)
         return None if ours is None or theirs is None else theirs / ours
+
+    def speedup_range(self, peer: str) -> tuple[float, float] | None:
+        """The interquartile range of the speedup over ``peer``: ``(low, high)``.
+
+        With samples taken in the same rounds (interleaved), the quartiles of
+        the per-round ratios ``peer sample / numba_bn sample``: a slow drift
+        of the machine's speed cancels out of each. Otherwise the widest
+        range the two sides' quartiles allow. None when unknown.
+        """
+        ours, theirs = self.timings.get(OURS), self.timings.get(peer)
+        if ours is None or theirs is None:
+            return None
+        if len(ours.samples) == len(theirs.samples) >= 2 and min(ours.samples) > 0:
+            ratios = [their / our for their, our in zip(theirs.samples, ours.samples)]
+            low, _, high = quartiles(ratios)
+            return low, high
+        if None in (ours.q1, ours.q3, theirs.q1, theirs.q3) or min(ours.q1, ours.q3) <= 0:
+            return None
+        return theirs.q1 / ours.q3, theirs.q3 / ours.q1
+
+    def too_wide_to_call(self, name: str) -> bool:
+        """Whether the comparison of numba_bn with ``name`` (a peer or the roofline) is too noisy to read.
+
+        True when numba_bn's or ``name``'s interquartile range exceeds
+        :data:`MAX_RELATIVE_IQR` of its median, or, for a peer, when the
+        speedup's interquartile range (:meth:`speedup_range`) spans 1.0,
+        so which one is faster is not settled.
+        """
+        for implementation in (OURS, name):
+            timing = self.timings.get(implementation)
+            spread = None if timing is None else timing.relative_iqr
+            if spread is not None and spread > MAX_RELATIVE_IQR:
+                return True
+        if name == ROOFLINE:
+            return False
+        interval = self.speedup_range(name)
+        return interval is not None and interval[0] < 1.0 < interval[1]
 
     def roofline_fraction(self) -> float | None:
         """numba_bn's memory bandwidth as a fraction of the copy's.
 
-        The copy's best time over numba_bn's, times the operation's least
+        The copy's time over numba_bn's, times the operation's least
         traffic in copies (:data:`MIN_COPIES`): 1 means numba_bn moves its
         least traffic as fast as the copy moves its own.
         """
@@ -58,13 +126,20 @@ class CaseResult:
         return None if ratio is None else ratio * MIN_COPIES[self.case.operation]
 
     def as_dict(self) -> dict[str, Any]:
-        """The case, its timings, speedups and roofline fraction, for JSON."""
+        """The case, its timings, speedups (with their ranges) and roofline fraction, for JSON."""
         case = self.case
+        peers = [name for name in self.timings if name not in (OURS, ROOFLINE)]
+        compared = peers + ([ROOFLINE] if ROOFLINE in self.timings else [])
+        ranges = {peer: self.speedup_range(peer) for peer in peers}
         return {
             "operation": case.operation, "shape": list(case.shape), "layout": case.layout,
             "dtype": case.dtype, "device": self.device, "bytes": case.nbytes,
+            "statistic": self.statistic,
             "timings": {name: timing.as_dict() for name, timing in self.timings.items()},
-            "speedups": {peer: self.speedup(peer) for peer in self.timings if peer not in (OURS, ROOFLINE)},
+            "speedups": {peer: self.speedup(peer) for peer in peers},
+            "speedup_ranges": {peer: None if r is None else list(r) for peer, r in ranges.items()},
+            "too_wide_to_call": {name: self.too_wide_to_call(name) for name in compared
+                                 if OURS in self.timings},
             "roofline_fraction": self.roofline_fraction(),
         }
 
@@ -99,21 +174,50 @@ def format_percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
+def format_spread(timing: Timing | None) -> str:
+    """Half the interquartile range over the median, as ``±4%``; empty when unknown."""
+    spread = None if timing is None else timing.relative_iqr
+    return "" if spread is None else f"±{50 * spread:.0f}%"
+
+
+def _timed_cell(result: CaseResult, name: str) -> str:
+    text = format_seconds(result.time(name))
+    spread = format_spread(result.timings.get(name))
+    return f"{text} {spread}" if spread else text
+
+
+def _marked(text: str, uncertain: bool) -> str:
+    return UNCERTAIN_MARK + text if uncertain and text != "-" else text
+
+
 def _rows(results: Sequence[CaseResult], peers: Sequence[str], with_times: bool) -> list[list[str]]:
     rows = []
     for result in results:
         case = result.case
         row = [case.operation, case.shape_text, case.layout.replace("channels_", "ch-")]
         if with_times:
-            row += [format_seconds(result.best(name)) for name in (OURS, *peers, ROOFLINE)]
-        row += [format_ratio(result.speedup(peer)) for peer in peers]
-        row.append(format_percent(result.roofline_fraction()))
+            row += [_timed_cell(result, name) for name in (OURS, *peers, ROOFLINE)]
+            row += [_marked(format_ratio(result.speedup(peer)), result.too_wide_to_call(peer)) for peer in peers]
+            row.append(_marked(format_percent(result.roofline_fraction()), result.too_wide_to_call(ROOFLINE)))
+        else:
+            row += [format_ratio(result.speedup(peer)) for peer in peers]
+            row.append(format_percent(result.roofline_fraction()))
         rows.append(row)
     return rows
 
 
+def any_too_wide_to_call(results: Iterable[CaseResult]) -> bool:
+    """Whether some comparison in ``results`` is marked :data:`UNCERTAIN_MARK` in the terminal table."""
+    return any(result.too_wide_to_call(name) for result in results for name in result.timings if name != OURS)
+
+
 def format_text_table(results: Sequence[CaseResult]) -> str:
-    """A fixed-width table for the terminal: times, speedups and % of the copy roofline.
+    """A fixed-width table for the terminal: times with their spread, speedups and % of the copy roofline.
+
+    Times are each implementation's median (or best, see
+    :attr:`CaseResult.statistic`) with ``±`` half its interquartile range
+    as a percentage of it; ratios too noisy to call start with
+    :data:`UNCERTAIN_MARK` (see :meth:`CaseResult.too_wide_to_call`).
 
     Parameters
     ----------
@@ -156,9 +260,48 @@ def markdown_table(results: Sequence[CaseResult]) -> str:
     header += [f"vs {PEER_LABELS.get(name, name)}" for name in peers] + ["% of copy"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(header) - 3)]
     for result, row in zip(results, _rows(results, peers, with_times=False)):
-        row = row[:3] + [format_seconds(result.best(OURS))] + row[3:]
+        row = row[:3] + [format_seconds(result.time(OURS))] + row[3:]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def table_notes(results: Sequence[CaseResult], missing: Sequence[str] = ()) -> list[str]:
+    """The lines printed under the terminal table: how to read it, and what is missing.
+
+    Parameters
+    ----------
+    results : sequence of CaseResult
+    missing : sequence of str
+        Why each implementation left out could not run, and how to get it
+        (see :meth:`~numba_bn.bench.implementations.Implementation.unavailable_reason`);
+        one ``note:`` line each.
+
+    Returns
+    -------
+    list of str
+        One line per note.
+    """
+    statistic = results[0].statistic if results else "median"
+    traffic = ", ".join(f"{name.replace('_', ' ')} {copies:g}" for name, copies in MIN_COPIES.items())
+    lines = [(
+        f"Times: {statistic} seconds per call over samples taken in turn with the other implementations', "
+        "± half their interquartile range as % of the median. "
+        "vs X: X's time / numba_bn's time (above 1: numba_bn is faster)."
+    )]
+    if any_too_wide_to_call(results):
+        lines.append(
+            f"{UNCERTAIN_MARK}: spread too wide to call (a time beyond ±{50 * MAX_RELATIVE_IQR:.0f}%, i.e. an "
+            f"interquartile range over {100 * MAX_RELATIVE_IQR:.0f}% of its median, or a speedup whose "
+            "interquartile range spans 1.00x): rerun, or raise --budget."
+        )
+    lines.append(
+        "% copy: numba_bn's effective bandwidth (the least memory traffic its operation needs, in copies of "
+        f"the input: {traffic}; over its time) as a share of a parallel copy's of the input's size. "
+        "Above 100% happens when the arrays are small enough to stay in the CPU cache, where a copy is not "
+        "the limit: read it only for large arrays."
+    )
+    lines += [f"note: {reason}" for reason in missing]
+    return lines
 
 
 def cpu_model() -> str:
@@ -322,8 +465,10 @@ def results_from_pytest_benchmark(data: Mapping[str, Any], device: str = "cpu") 
     """The :class:`CaseResult` rows of a ``--benchmark-json`` file from ``benchmarks/``.
 
     Benchmarks are matched by the case described in their ``extra_info``;
-    the time of each implementation is pytest-benchmark's ``min``. Cases keep
-    the order in which the file lists them.
+    the time of each implementation is pytest-benchmark's ``min``
+    (``statistic="best"``: each implementation was timed on its own, not
+    interleaved, and the minimum is the figure least moved by what else ran
+    at the time). Cases keep the order in which the file lists them.
 
     Parameters
     ----------
@@ -348,11 +493,12 @@ def results_from_pytest_benchmark(data: Mapping[str, Any], device: str = "cpu") 
         key = (info["operation"], tuple(info["shape"]), info["layout"], info["dtype"], device)
         stats = entry["stats"]
         grouped.setdefault(key, {})[info["implementation"]] = Timing(
-            best=stats["min"], median=stats["median"], repeats=stats["rounds"]
+            best=stats["min"], median=stats["median"], repeats=stats["rounds"],
+            q1=stats.get("q1"), q3=stats.get("q3"),
         )
     results = []
     for (operation, shape, layout, dtype, device), timings in grouped.items():
-        results.append(CaseResult(Case(operation, shape, layout, dtype), device, timings))
+        results.append(CaseResult(Case(operation, shape, layout, dtype), device, timings, statistic="best"))
     return results
 
 

@@ -8,14 +8,16 @@ from .cases import OPERATIONS, Case, make_case_data
 from .implementations import OURS, Implementation, implementations
 from .progress import ProgressBar
 from .report import CaseResult
-from .timing import time_all
+from .timing import MIN_REPEATS, MIN_SAMPLE_SECONDS, time_all, warm_up_runs
 
 
 def warm_up(cases: Sequence[Case], device: str = "cpu") -> None:
-    """Compile (or load from the cache) numba_bn's kernels for every rank, layout and dtype in ``cases``.
+    """Compile (or load from the cache) numba_bn's kernels for every rank, layout and dtype in ``cases``, on tiny arrays.
 
-    Runs each operation once on a tiny array of each kind, so no compilation
-    lands inside a timed call.
+    Tiny arrays take numba_bn's serial drivers only: the parallel ones that
+    large arrays take compile at their first large call. :func:`run_cases`
+    therefore warms up every case at its real size anyway; this is for
+    callers that want the bulk of the compilation done up front.
 
     Parameters
     ----------
@@ -38,12 +40,17 @@ def run_cases(
     chosen: Sequence[Implementation] | None = None,
     progress: ProgressBar | None = None,
     budget: float = 0.25,
-    min_repeats: int = 3,
+    min_repeats: int = MIN_REPEATS,
+    min_sample_seconds: float = MIN_SAMPLE_SECONDS,
 ) -> list[CaseResult]:
     """Time every implementation of every case.
 
-    All implementations of a case run on the same arrays; on the host their
-    samples are taken in turn, so they share whatever else the machine does.
+    For each case, every implementation is first prepared and called once
+    on the case's own arrays, untimed: that compiles (or loads) the kernels
+    for its dtype, layout and size (small and large arrays take different
+    drivers) and touches fresh memory. Then their samples are taken in turn
+    (see :func:`~numba_bn.bench.timing.time_interleaved`), so they share
+    whatever else the machine does.
 
     Parameters
     ----------
@@ -52,11 +59,14 @@ def run_cases(
     chosen : sequence of Implementation, optional
         Default: every available implementation for ``device``.
     progress : ProgressBar, optional
-        Advanced by one step per case.
+        Shows "compiling/warming up <case>", then "timing <case>", and
+        advances by one step per case.
     budget : float
         Seconds of samples per implementation and case.
     min_repeats : int
-        Samples taken whatever the budget.
+        Samples of each implementation taken whatever the budget.
+    min_sample_seconds : float
+        Short calls are repeated within a sample until it lasts this long.
 
     Returns
     -------
@@ -67,11 +77,15 @@ def run_cases(
     results = []
     for case in cases:
         if progress is not None:
-            progress.update(case.name)
+            progress.update(f"compiling/warming up {case.name}")
         data = make_case_data(case)
         runs = {implementation.name: implementation.prepare(case, data).run for implementation in chosen}
-        timings = time_all(runs, device, min_repeats=min_repeats, budget=budget)
+        warm_up_runs(runs, device)
+        if progress is not None:
+            progress.update(f"timing {case.name}")
+        timings = time_all(runs, device, min_repeats=min_repeats, budget=budget,
+                           min_sample_seconds=min_sample_seconds, warm_up=False)
         results.append(CaseResult(case, device, timings))
         if progress is not None:
-            progress.update(case.name, advance=1)
+            progress.update(f"timing {case.name}", advance=1)
     return results

@@ -19,17 +19,19 @@ from pathlib import Path
 
 import numba_bn
 
-#: The child's script: time the import, then a training forward and backward
-#: and an eval forward of a small BatchNorm2d (the kernels a training loop needs).
+#: The child's script: time the import, then the README's quick start (a
+#: training forward and backward of a BatchNorm2d on a (32, 16, 28, 28) batch,
+#: large enough for the thread-pool kernels) and an eval forward.
 _CHILD = """
 import json, time
 start = time.perf_counter()
 import numpy as np
 import numba_bn as nbn
 imported = time.perf_counter()
-x = np.random.default_rng(0).standard_normal((8, 4, 6, 6), dtype=np.float32)
-bn = nbn.BatchNorm2d(4)
-bn.backward(bn(x))
+x = np.random.default_rng(0).standard_normal((32, 16, 28, 28), dtype=np.float32)
+bn = nbn.BatchNorm2d(16)
+y = bn(x)
+grad_x = bn.backward(np.ones_like(y))
 bn.eval()(x)
 called = time.perf_counter()
 print(json.dumps({"import": imported - start, "first_call": called - imported}))
