@@ -18,6 +18,11 @@ import sys
 import numpy as np
 import pytest
 
+from cuda_support import CUDA_MISSING  # before the CUDA imports below
+
+if CUDA_MISSING and "numba-cuda" in CUDA_MISSING:
+    pytest.skip(f"the cuda extra is not installed: {CUDA_MISSING}", allow_module_level=True)
+
 import numba_bn
 from cuda_launches import exercise_cuda_backend, marshalling_problems, recorded_launches, signature
 from cuda_support import SIMULATOR, needs_cuda

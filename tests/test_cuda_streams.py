@@ -12,6 +12,11 @@ import threading
 
 import numpy as np
 import pytest
+from cuda_support import CUDA_MISSING  # before the CUDA imports below
+
+if CUDA_MISSING and "numba-cuda" in CUDA_MISSING:
+    pytest.skip(f"the cuda extra is not installed: {CUDA_MISSING}", allow_module_level=True)
+
 from numba import cuda
 from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
