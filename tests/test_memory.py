@@ -157,7 +157,10 @@ def test_peak_resident_memory_on_a_500mb_input(channel_axis):
     size = report.pop("input")
     assert size > 500e6
     allowance = 16 * 2**20  # partial states (~0.8 MB here) and interpreter noise
-    assert 0 <= report.pop("batch_stats") <= allowance
+    # Linux batches each thread's RSS counter (synced every 64 page faults), so a
+    # call that allocates nothing can read a few hundred KB below the RSS before it.
+    counter_skew = 2**20
+    assert -counter_skew <= report.pop("batch_stats") <= allowance
     for operation, rise in report.items():  # each produces one input-sized array
         assert 0.95 * size <= rise <= size + allowance, (operation, rise / size)
 
