@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from typing import Iterator
 
 _state = threading.local()
 
@@ -36,7 +37,8 @@ def is_grad_enabled() -> bool:
     return getattr(_state, "enabled", True)
 
 
-class no_grad(contextlib.ContextDecorator):
+@contextlib.contextmanager
+def no_grad() -> Iterator[None]:
     """Context manager and decorator: module forwards inside keep nothing for ``backward``.
 
     Use it for inference: the module then holds no reference to its last
@@ -57,16 +59,11 @@ class no_grad(contextlib.ContextDecorator):
     >>> y.shape
     (2, 4)
     """
-
-    # The previous settings live on a per-thread stack, not on the instance:
-    # one decorated function may run in several threads, or recursively.
-
-    def __enter__(self) -> no_grad:
-        if not hasattr(_state, "previous"):
-            _state.previous = []
-        _state.previous.append(is_grad_enabled())
-        _state.enabled = False
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        _state.enabled = _state.previous.pop()
+    # The previous setting lives in this frame, not on a shared object: one
+    # decorated function may run in several threads, or recursively.
+    previous = is_grad_enabled()
+    _state.enabled = False
+    try:
+        yield
+    finally:
+        _state.enabled = previous

@@ -38,12 +38,11 @@ from .bench.report import (
     to_json,
 )
 from .bench.timing import MIN_REPEATS, max_threads
-from . import _precompile as precompile_choices
+from ._precompile import DTYPES as PRECOMPILE_DTYPES
+from ._precompile import LAYOUTS as PRECOMPILE_LAYOUTS
+from ._precompile import RANKS as PRECOMPILE_RANKS
 
 COMMANDS = ("bench", "info", "startup", "precompile")
-_PRECOMPILE_DTYPES, _PRECOMPILE_LAYOUTS, _PRECOMPILE_RANKS = (
-    precompile_choices.DTYPES, precompile_choices.LAYOUTS, precompile_choices.RANKS
-)
 LAYOUT_CHOICES = ("both",) + bench_cases.LAYOUTS
 #: Seconds of samples per implementation and case: default, and with --quick.
 BUDGET, QUICK_BUDGET = 0.25, 0.05
@@ -57,16 +56,6 @@ def _shapes_argument(text: str) -> tuple[tuple[int, ...], ...]:
         return bench_cases.parse_shapes(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _operations_argument(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in bench_cases.OPERATIONS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"expected a comma-separated subset of {','.join(bench_cases.OPERATIONS)}, got {text!r}"
-        )
-    return names
 
 
 def _threads_argument(text: str) -> int:
@@ -159,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cpu (default) or cuda (numba_bn device='cuda' vs PyTorch CUDA, CUDA events)")
     bench.add_argument("--layout", choices=LAYOUT_CHOICES, default="both",
                        help="memory layout of 3+-dimensional shapes (default both)")
-    bench.add_argument("--operations", type=_operations_argument, default=bench_cases.OPERATIONS,
+    bench.add_argument("--operations", type=_choices_argument(bench_cases.OPERATIONS), default=bench_cases.OPERATIONS,
                        metavar="OP[,OP...]",
                        help=f"subset of {','.join(bench_cases.OPERATIONS)} (default all)")
     bench.add_argument("--budget", type=_positive_seconds, default=None, metavar="SECONDS",
@@ -186,15 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "on-disk cache (NUMBA_CACHE_DIR), so that first calls in later processes are fast. "
                     "Takes about a minute for everything on a 2-core machine, once.",
     )
-    precompile.add_argument("--dtypes", type=_choices_argument(_PRECOMPILE_DTYPES), default=_PRECOMPILE_DTYPES,
+    precompile.add_argument("--dtypes", type=_choices_argument(PRECOMPILE_DTYPES), default=PRECOMPILE_DTYPES,
                             metavar="DTYPE[,DTYPE...]",
-                            help=f"subset of {','.join(_PRECOMPILE_DTYPES)} (default all)")
-    precompile.add_argument("--layouts", type=_choices_argument(_PRECOMPILE_LAYOUTS), default=_PRECOMPILE_LAYOUTS,
+                            help=f"subset of {','.join(PRECOMPILE_DTYPES)} (default all)")
+    precompile.add_argument("--layouts", type=_choices_argument(PRECOMPILE_LAYOUTS), default=PRECOMPILE_LAYOUTS,
                             metavar="LAYOUT[,LAYOUT...]",
-                            help=f"subset of {','.join(_PRECOMPILE_LAYOUTS)} (default both)")
-    precompile.add_argument("--ranks", type=_choices_argument(_PRECOMPILE_RANKS, int), default=_PRECOMPILE_RANKS,
+                            help=f"subset of {','.join(PRECOMPILE_LAYOUTS)} (default both)")
+    precompile.add_argument("--ranks", type=_choices_argument(PRECOMPILE_RANKS, int), default=PRECOMPILE_RANKS,
                             metavar="RANK[,RANK...]",
-                            help=f"subset of {','.join(map(str, _PRECOMPILE_RANKS))} (default all)")
+                            help=f"subset of {','.join(map(str, PRECOMPILE_RANKS))} (default all)")
     precompile.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     return parser
 

@@ -4,34 +4,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .cases import OPERATIONS, Case, make_case_data
-from .implementations import OURS, Implementation, implementations
+from .cases import Case, make_case_data
+from .implementations import Implementation, implementations
 from .progress import ProgressBar
 from .report import CaseResult
 from .timing import MIN_REPEATS, MIN_SAMPLE_SECONDS, time_all, warm_up_runs
-
-
-def warm_up(cases: Sequence[Case], device: str = "cpu") -> None:
-    """Compile (or load from the cache) numba_bn's kernels for every rank, layout and dtype in ``cases``, on tiny arrays.
-
-    Tiny arrays take numba_bn's serial drivers only: the parallel ones that
-    large arrays take compile at their first large call. :func:`run_cases`
-    therefore warms up every case at its real size anyway; this is for
-    callers that want the bulk of the compilation done up front.
-
-    Parameters
-    ----------
-    cases : sequence of Case
-    device : {"cpu", "cuda"}
-    """
-    ours = implementations(device)[0]
-    assert ours.name == OURS
-    kinds = {(len(case.shape), case.layout, case.dtype) for case in cases}
-    for ndim, layout, dtype in sorted(kinds):
-        for operation in OPERATIONS:
-            tiny = Case(operation, (4, 3) + (2,) * (ndim - 2), layout, dtype)
-            prepared = ours.prepare(tiny, make_case_data(tiny))
-            prepared.collect(prepared.run())
 
 
 def run_cases(

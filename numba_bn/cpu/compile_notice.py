@@ -4,9 +4,9 @@ Numba compiles a kernel on its first call with new argument types, which
 takes seconds, and caches the machine code on disk; without a word, a new
 user's first call just seems to hang. Numba announces every real compilation
 (not a load from its cache) as a ``numba:compile`` event; this listener
-prints a notice when one of ``kernels``' public kernels starts compiling,
-once per (data type, layout) in a process. Nested compilations (the kernels'
-parts and helpers) and the per-channel arithmetic stay silent.
+prints a notice when one of the kernels given to :func:`install` starts
+compiling, once per (data type, layout) in a process. Nested compilations
+(the kernels' parts and helpers) and the per-channel arithmetic stay silent.
 """
 
 import contextlib
@@ -18,28 +18,24 @@ from numba.core import event
 
 from .. import config
 
-_LAYOUTS = {"runs": "channels-first", "rows": "channels-last"}
 _DTYPE_NAMES = {"uint16": "float16"}  # float16 reaches the kernels as its bits
 
 _lock = threading.Lock()
 _announced = set()
 _suppressed = threading.local()
+#: Kernel dispatcher -> the layout it serves, as the notice names it.
+_watched = {}
 
 
 class _Listener(event.Listener):
     def on_start(self, ev):
         if not config.COMPILE_NOTICE or getattr(_suppressed, "active", False):
             return
-        dispatcher = ev.data["dispatcher"]
-        function = getattr(dispatcher, "py_func", None)
-        if function is None or function.__module__ != __package__ + ".kernels":
-            return
-        name = function.__qualname__.removesuffix("_serial")
-        walk, _, layout = name.rpartition("_")
-        if layout not in _LAYOUTS or "." in name or name.startswith("_"):
+        layout = _watched.get(ev.data["dispatcher"])
+        if layout is None:
             return
         dtype = str(ev.data["args"][0].dtype)
-        key = (_DTYPE_NAMES.get(dtype, dtype), _LAYOUTS[layout])
+        key = (_DTYPE_NAMES.get(dtype, dtype), layout)
         with _lock:
             if key in _announced:
                 return
@@ -68,10 +64,11 @@ def suppressed():
         _suppressed.active = previous
 
 
-def install():
-    """Listen for compilations (idempotent; compiles nothing)."""
+def install(kernels):
+    """Announce the compilations of ``kernels`` (``{dispatcher: layout name}``); compiles nothing."""
     global _installed
     with _lock:
+        _watched.update(kernels)
         if not _installed:
             event.register("numba:compile", _Listener())
             _installed = True

@@ -43,7 +43,6 @@ from . import compile_notice
 from .channel_math import formulas
 from .half import load, store
 
-compile_notice.install()
 
 _PARALLEL = dict(parallel=True, cache=True, fastmath=config.FASTMATH)
 _SERIAL = dict(cache=True, fastmath=config.FASTMATH)
@@ -575,4 +574,10 @@ elementwise_runs, elementwise_runs_serial = _compiled_pair("elementwise_runs", _
 #: ``(x, ..., dy, ..., out, ..., shape, k, gradient, blocks)``: as ``elementwise_runs``.
 elementwise_rows, elementwise_rows_serial = _compiled_pair(
     "elementwise_rows", _elementwise_rows, _elementwise_row_block
+)
+
+_RUNS_KERNELS = (reduce_runs, reduce_runs_serial, elementwise_runs, elementwise_runs_serial)
+_ROWS_KERNELS = (reduce_rows, reduce_rows_serial, elementwise_rows, elementwise_rows_serial)
+compile_notice.install(
+    {kernel: "channels-first" for kernel in _RUNS_KERNELS} | {kernel: "channels-last" for kernel in _ROWS_KERNELS}
 )
