@@ -9,6 +9,12 @@ Usage::
 
 With ``--readme`` the text between the ``<!-- bench-table:start -->`` and
 ``<!-- bench-table:end -->`` markers is replaced.
+
+Given several JSON files (runs of the same benchmarks), each row is taken
+whole from the run whose numba_bn-vs-PyTorch ratio is the median of the runs
+(the median numba_bn time where PyTorch is absent), so a row's figures all
+come from one run and its headline ratio is the median; ``--merged FILE``
+saves that combination as one JSON file, which gives the same tables.
 """
 
 from __future__ import annotations
@@ -63,7 +69,10 @@ def render(data: dict) -> str:
         "*vs X*: X's time / numba_bn's time (above 1: numba_bn is faster). *% of copy*: numba_bn's "
         "memory bandwidth over that of a parallel copy of an array of the input's size (same threads), "
         "counting for numba_bn the least traffic of its operation, in copies of the input: "
-        f"{traffic}. Times are pytest-benchmark minima.",
+        f"{traffic}. Times are pytest-benchmark minima."
+        + (f" Each row comes from the run with the median PyTorch ratio of {len(data['merged_from'])} runs"
+           " (`python scripts/bench_table.py RUN1.json RUN2.json ...`)."
+           if len(data.get("merged_from", ())) > 1 else ""),
     ]
     startup = startup_table(startup_from_pytest_benchmark(data))
     if startup:
@@ -80,10 +89,38 @@ def replace_block(text: str, block: str) -> str:
     return pattern.sub(lambda _: f"{START}\n{block}\n{END}", text)
 
 
+def _row_key(run: dict, benchmarks: list[dict]) -> float:
+    """What a run is ranked by for one row: PyTorch's time over numba_bn's, else numba_bn's time."""
+    times = {bench["extra_info"].get("implementation"): bench["stats"]["min"] for bench in benchmarks}
+    ours = times.get("numba_bn", min(times.values()))
+    return times["torch"] / ours if "torch" in times else ours
+
+
+def merge_runs(runs: list[dict]) -> dict:
+    """One pytest-benchmark document whose every group comes from the run with the median ratio."""
+    if len(runs) == 1:
+        return runs[0]
+    groups = [{} for _ in runs]
+    for run, by_group in zip(runs, groups):
+        for bench in run["benchmarks"]:
+            by_group.setdefault(bench["group"], []).append(bench)
+    merged = dict(runs[0], benchmarks=[])
+    for group in groups[0]:
+        present = [(run, by_group[group]) for run, by_group in zip(runs, groups) if group in by_group]
+        ranked = sorted(present, key=lambda item: _row_key(*item))
+        merged["benchmarks"].extend(ranked[(len(ranked) - 1) // 2][1])
+    merged["merged_from"] = [run.get("datetime") for run in runs]
+    command = re.sub(r"--benchmark-json=\S+", "--benchmark-json=RUN.json", runs[0].get("command", ""))
+    merged["command"] = command
+    return merged
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The script's command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("json_file", type=Path, help="output of --benchmark-json")
+    parser.add_argument("json_files", type=Path, nargs="+", metavar="json_file",
+                        help="output of --benchmark-json; several runs are merged row by row (median ratio)")
+    parser.add_argument("--merged", type=Path, metavar="FILE.json", help="also save the merged runs as one file")
     parser.add_argument("--readme", type=Path, help="replace the table between the markers in this file")
     parser.add_argument("--plot", type=Path, metavar="FILE.png",
                         help="also save a bar chart of the speedups and %% of roofline")
@@ -95,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        data = json.loads(args.json_file.read_text(encoding="utf-8"))
+        data = merge_runs([json.loads(path.read_text(encoding="utf-8")) for path in args.json_files])
+        if args.merged is not None:
+            args.merged.write_text(json.dumps(data, indent=1), encoding="utf-8")
         block = render(data)
         if args.plot is not None:
             machine = data["machine_info"]["numba_bn"]

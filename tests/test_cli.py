@@ -212,6 +212,27 @@ def test_bench_table_script_renders_a_real_benchmark_run(tmp_path):
     assert "old table" not in text and block in text and text.endswith("after\n")
 
 
+def test_bench_table_merges_runs_row_by_row_at_the_median_ratio(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_table", ROOT / "scripts" / "bench_table.py")
+    bench_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_table)
+
+    def run(ours, torch, stamp):
+        benchmarks = [
+            {"group": group, "extra_info": {"implementation": name}, "stats": {"min": seconds}, "run": stamp}
+            for group, times in (("a", (ours, torch)), ("b", (ours, None)))
+            for name, seconds in zip(("numba_bn", "torch"), times) if seconds is not None
+        ]
+        return {"benchmarks": benchmarks, "datetime": stamp}
+
+    runs = [run(1.0, 1.0, "r1"), run(1.0, 3.0, "r2"), run(0.5, 1.0, "r3")]  # ratios 1, 3, 2; times 1, 1, 0.5
+    merged = bench_table.merge_runs(runs)
+    origin = {(bench["group"], bench["extra_info"]["implementation"]): bench["run"] for bench in merged["benchmarks"]}
+    assert origin == {("a", "numba_bn"): "r3", ("a", "torch"): "r3", ("b", "numba_bn"): "r1"}
+    assert merged["merged_from"] == ["r1", "r2", "r3"]
+    assert bench_table.merge_runs(runs[:1]) is runs[0]
+
+
 def test_time_host_measures_and_batches_short_calls():
     import time
 
