@@ -16,6 +16,11 @@ batch_norm
     The stateless ``torch.nn.functional.batch_norm``.
 batch_stats
     Per-channel mean, biased variance and count in one pass.
+ChannelStats, channel_stats
+    Mergeable per-channel ``(count, mean, M2)`` statistics: exact
+    statistics over many batches, processes or machines.
+SyncBatchNorm
+    Batch normalisation of a batch split over MPI processes (extra ``mpi``).
 cuda_stream
     A context manager that queues the GPU work on a chosen CUDA stream.
 no_grad, is_grad_enabled
@@ -38,8 +43,10 @@ Examples
 from .cuda.stream import cuda_stream
 from ._grad_mode import is_grad_enabled, no_grad
 from ._precompile import precompile
+from ._stats import ChannelStats, channel_stats
 from .functional import batch_norm, batch_stats
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .sync_batchnorm import SyncBatchNorm
 
 __version__ = "0.1.0"
 
@@ -49,9 +56,12 @@ __all__ = [
     "BatchNorm3d",
     "batch_norm",
     "batch_stats",
+    "ChannelStats",
+    "channel_stats",
     "cuda_stream",
     "is_grad_enabled",
     "no_grad",
     "precompile",
+    "SyncBatchNorm",
     "__version__",
 ]

@@ -8,7 +8,7 @@ with the same signatures and result types on every device:
 2. ``forward(x, channel_axis, statistics, weight, bias, eps)`` -> ``(y, SavedForward)``,
    normalising with a :class:`BatchStatistics` or a :class:`RunningStatistics`
 3. ``update_running(running_mean, running_var, statistics, factor)``, in place
-4. ``backward(saved, grad_output, weight_grad_dtype)`` -> :class:`Gradients`
+4. ``backward(saved, grad_output, weight_grad_dtype, combine_totals)`` -> :class:`Gradients`
 
 plus the array handling around them: recognising and checking its arrays,
 moving values between the host and the device, filling. The API layer
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple, Optional, Protocol
+from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 import numpy as np
 
@@ -138,10 +138,22 @@ class Backend(Protocol):
     ) -> None:
         """Blend the batch mean and unbiased variance into the buffers, in place."""
 
+    def check_input_unchanged(self, saved: SavedForward) -> None:
+        """ValueError when the forward's input was visibly modified since (where the device can tell cheaply)."""
+
     def backward(
-        self, saved: SavedForward, grad_output: Array, weight_grad_dtype: Optional[np.dtype]
+        self, saved: SavedForward, grad_output: Array, weight_grad_dtype: Optional[np.dtype],
+        combine_totals: Optional[Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] = None,
     ) -> Gradients:
-        """``grad_input``, and the weight's and bias's gradients in ``weight_grad_dtype`` (when given)."""
+        """``grad_input``, and the weight's and bias's gradients in ``weight_grad_dtype`` (when given).
+
+        ``combine_totals`` (batch statistics only) joins a batch split over
+        processes: it receives this share's float64 host ``(C,)`` totals
+        ``sum(dy)`` and ``sum(dy * (x - mean))`` and returns the whole batch's. The
+        input's gradient then uses the whole batch's totals (and ``saved.count``
+        is the whole batch's count); the weight's and bias's are this share's.
+        It is called on an empty share too.
+        """
 
     def mean_and_variance(self, statistics: BatchStatistics, dtype: np.dtype) -> tuple[Array, Array]:
         """The mean and the biased variance in ``dtype``, as ``batch_stats`` returns them."""

@@ -14,6 +14,12 @@ Sub-commands:
     cold and with a warm kernel cache.
 ``precompile``
     Compile the CPU kernels into the on-disk cache ahead of their first use.
+``bench-dask``
+    Time ``numba_bn.dask.channel_stats`` against dask.array's mean and var
+    and against the in-memory kernel (needs the ``dask`` extra).
+``bench-sync``
+    Time a SyncBatchNorm training step against the same step without
+    communication, under ``mpiexec`` (needs the ``mpi`` extra).
 """
 
 from __future__ import annotations
@@ -37,15 +43,19 @@ from .bench.report import (
     table_notes,
     to_json,
 )
+from .bench.dask_stats import DEFAULT_BATCH_CHUNK as DASK_DEFAULT_BATCH_CHUNK
+from .bench.dask_stats import DEFAULT_SHAPE as DASK_DEFAULT_SHAPE
 from .bench.timing import MIN_REPEATS, max_threads
 from ._precompile import DTYPES as PRECOMPILE_DTYPES
 from ._precompile import LAYOUTS as PRECOMPILE_LAYOUTS
 from ._precompile import RANKS as PRECOMPILE_RANKS
 
-COMMANDS = ("bench", "info", "startup", "precompile")
+COMMANDS = ("bench", "info", "startup", "precompile", "bench-dask", "bench-sync")
 LAYOUT_CHOICES = ("both",) + bench_cases.LAYOUTS
 #: Seconds of samples per implementation and case: default, and with --quick.
 BUDGET, QUICK_BUDGET = 0.25, 0.05
+#: Seconds of samples per implementation of ``bench-dask``.
+DASK_BUDGET = 1.0
 
 
 # ------------------------------------------------------------ argument types
@@ -87,6 +97,28 @@ def _choices_argument(allowed, convert=str):
     return parse
 
 
+def _positive_integers(text: str, expected: str) -> tuple[int, ...]:
+    """Comma-separated integers of 1 or more, or an ArgumentTypeError saying ``expected``."""
+    try:
+        values = tuple(int(value) for value in text.split(",") if value.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return values
+
+
+def _batch_chunk_argument(text: str) -> int:
+    values = _positive_integers(text, "a positive number of batch entries")
+    if len(values) > 1:
+        raise argparse.ArgumentTypeError(f"expected one number of batch entries, got {text!r}")
+    return values[0]
+
+
+def _process_counts_argument(text: str) -> tuple[int, ...]:
+    return _positive_integers(text, "comma-separated process counts of 1 or more")
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -125,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"numba_bn {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{bench,info,startup,precompile}")
+    commands = parser.add_subparsers(dest="command", metavar="{bench,info,startup,precompile,bench-dask,bench-sync}")
 
     bench = commands.add_parser(
         "bench", help="time numba_bn against its peers (default)",
@@ -185,6 +217,36 @@ def build_parser() -> argparse.ArgumentParser:
                             metavar="RANK[,RANK...]",
                             help=f"subset of {','.join(map(str, PRECOMPILE_RANKS))} (default all)")
     precompile.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    bench_dask = commands.add_parser(
+        "bench-dask", help="time numba_bn.dask.channel_stats against dask.array (needs the dask extra)",
+        description="Time numba_bn.dask.channel_stats, dask.array's mean and var computed together, and "
+                    "numba_bn.channel_stats on the same array in memory, their samples taken in turn on "
+                    "dask's threaded scheduler, then print median times and the ratios.",
+    )
+    bench_dask.add_argument("--shape", type=_shapes_argument, default=None, metavar="NxCx...",
+                            help="the float32 array's shape in (N, C, ...) order (default "
+                                 f"{'x'.join(map(str, DASK_DEFAULT_SHAPE))})")
+    bench_dask.add_argument("--batch-chunk", type=_batch_chunk_argument, default=DASK_DEFAULT_BATCH_CHUNK,
+                            metavar="N", help=f"batch entries per chunk (default {DASK_DEFAULT_BATCH_CHUNK})")
+    bench_dask.add_argument("--budget", type=_positive_seconds, default=DASK_BUDGET, metavar="SECONDS",
+                            help=f"seconds of samples per implementation (default {DASK_BUDGET:g}); at least "
+                                 f"{MIN_REPEATS} samples are taken whatever the budget")
+    bench_dask.set_defaults(usage_parser=bench_dask)
+    bench_sync = commands.add_parser(
+        "bench-sync", help="time SyncBatchNorm against BatchNorm without communication (needs the mpi extra)",
+        description="Start mpiexec with each process count and time, in turn on every process, a training "
+                    "step (forward and backward) of SyncBatchNorm, of BatchNorm on the same share without "
+                    "communication, and the exchanges alone; print the slowest process's median times, "
+                    "the ratio sync/local and the exchanges' share of the synchronised step.",
+    )
+    bench_sync.add_argument("--ranks", type=_process_counts_argument, default=(2, 4),
+                            metavar="K[,K...]", help="process counts (default 2,4)")
+    bench_sync.add_argument("--shape", type=_shapes_argument, default=None, metavar="NxCx...[,...]",
+                            help="float32 shapes of each process's share (default 32x64x56x56,8x64x8x8)")
+    bench_sync.add_argument("--threads", type=_threads_argument, default=1,
+                            help="kernel threads per process (default 1)")
+    bench_sync.add_argument("--json", type=_output_path(".json"), default=None, metavar="FILE",
+                            help="also write the results as JSON")
     return parser
 
 
@@ -386,6 +448,48 @@ def run_precompile(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_bench_dask(args: argparse.Namespace) -> int:
+    """The ``bench-dask`` command; returns the exit status."""
+    import importlib.util
+
+    if importlib.util.find_spec("dask") is None:
+        print("bench-dask needs dask.array, which is not installed: pip install 'numba_bn[dask]'", file=sys.stderr)
+        return 1
+    from .bench.dask_stats import DaskStatsCase, compare, format_result
+
+    shapes = args.shape or (DASK_DEFAULT_SHAPE,)
+    if len(shapes) != 1:
+        args.usage_parser.error(f"expected one shape, got {len(shapes)}")
+    case = DaskStatsCase(tuple(shapes[0]), min(args.batch_chunk, shapes[0][0]) or 1)
+    print(f"timing {case.name} with {max_threads()} threads...", file=sys.stderr)
+    print(format_result(compare(case, budget=args.budget)))
+    return 0
+
+
+def run_bench_sync(args: argparse.Namespace) -> int:
+    """The ``bench-sync`` command; returns the exit status."""
+    import importlib.util
+
+    from .bench import sync
+
+    if importlib.util.find_spec("mpi4py") is None or sync.mpiexec() is None:
+        print("bench-sync needs mpi4py and mpiexec: pip install 'numba_bn[mpi]'", file=sys.stderr)
+        return 1
+    rows = []
+    for ranks in args.ranks:
+        for shape in args.shape or sync.DEFAULT_SHAPES:
+            print(f"timing {ranks} processes of {'x'.join(map(str, shape))} each...", file=sys.stderr)
+            rows.append(sync.run(ranks, shape, threads=args.threads))
+    print(sync.table(rows))
+    if args.json:
+        import json
+
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"machine": machine_info(args.threads), "results": rows}, handle, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cache_directory() -> str:
     import numba
 
@@ -417,6 +521,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_startup()
         if args.command == "precompile":
             return run_precompile(args)
+        if args.command == "bench-dask":
+            return run_bench_dask(args)
+        if args.command == "bench-sync":
+            return run_bench_sync(args)
         return run_bench(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -21,7 +21,7 @@ from ._validation import (
 )
 
 
-def _checked_input(x, channel_axis):
+def checked_input(x, channel_axis):
     """``(backend, x, axis)``: the backend owning ``x``, ``x`` as it reads it, the non-negative channel axis."""
     owner = backend_of(x)
     x = check_float_dtype("input", owner.as_array("input", x))
@@ -29,6 +29,28 @@ def _checked_input(x, channel_axis):
     if x.ndim < 2:
         raise ValueError(f"expected input with 2 or more dimensions (N, C, ...), got {x.ndim}D input")
     return owner, x, channel_axis % x.ndim
+
+
+def checked_arguments(owner, channels, running_mean, running_var, weight, bias, training, momentum, eps):
+    """``batch_norm``'s arguments other than the input, checked for ``channels`` channels on
+    ``owner``'s device: ``(running_mean, running_var, weight, bias, training, momentum, eps)``."""
+    training = check_bool("training", training)
+    momentum = check_real("momentum", momentum)
+    eps = check_real("eps", eps, minimum=0.0)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(
+            "expected running_mean and running_var to be both given or both None, "
+            f"got running_mean={'None' if running_mean is None else 'an array'} and "
+            f"running_var={'None' if running_var is None else 'an array'}"
+        )
+    if running_mean is None and not training:
+        raise ValueError("expected running_mean and running_var when training=False, got None")
+    vectors = {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias}
+    for name, vector in vectors.items():
+        if vector is not None:
+            in_place = training and name.startswith("running_")
+            vectors[name] = owner.check_vector(name, vector, channels, writeable=in_place)
+    return (*vectors.values(), training, momentum, eps)
 
 
 def batch_stats(x: Array, *, channel_axis: int = 1) -> tuple[Array, Array, int]:
@@ -78,7 +100,7 @@ def batch_stats(x: Array, *, channel_axis: int = 1) -> tuple[Array, Array, int]:
     >>> bool(np.allclose(mean, x.mean(axis=(0, 2)))), bool(np.allclose(var, x.var(axis=(0, 2))))
     (True, True)
     """
-    owner, x, axis = _checked_input(x, channel_axis)
+    owner, x, axis = checked_input(x, channel_axis)
     statistics = owner.batch_statistics(x, axis)
     # A float32 variance overflows to inf beyond ~1.8e38 (data beyond ~1e19).
     mean, var = owner.mean_and_variance(statistics, compute_dtype(x))
@@ -170,25 +192,11 @@ def batch_norm(
     True
     >>> y_eval = nbn.batch_norm(x, running_mean, running_var)  # training=False
     """
-    owner, x, axis = _checked_input(x, channel_axis)
+    owner, x, axis = checked_input(x, channel_axis)
     channels, _ = channel_count(x, axis)
-    training = check_bool("training", training)
-    momentum = check_real("momentum", momentum)
-    eps = check_real("eps", eps, minimum=0.0)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError(
-            "expected running_mean and running_var to be both given or both None, "
-            f"got running_mean={'None' if running_mean is None else 'an array'} and "
-            f"running_var={'None' if running_var is None else 'an array'}"
-        )
-    if running_mean is None and not training:
-        raise ValueError("expected running_mean and running_var when training=False, got None")
-    vectors = {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias}
-    for name, vector in vectors.items():
-        if vector is not None:
-            in_place = training and name.startswith("running_")
-            vectors[name] = owner.check_vector(name, vector, channels, writeable=in_place)
-    running_mean, running_var, weight, bias = vectors.values()
+    running_mean, running_var, weight, bias, training, momentum, eps = checked_arguments(
+        owner, channels, running_mean, running_var, weight, bias, training, momentum, eps
+    )
     if not training:
         statistics = RunningStatistics(running_mean, running_var)
         return owner.forward(x, axis, statistics, weight, bias, eps, save=False)[0]

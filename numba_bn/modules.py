@@ -18,6 +18,7 @@ from numpy.typing import DTypeLike
 
 from ._backend import RunningStatistics, backend
 from ._grad_mode import is_grad_enabled
+from ._stats import ChannelStats
 from ._state import COUNTER_KEY, IncompatibleKeys, read_state
 from ._typing import Array
 from ._validation import (
@@ -172,24 +173,31 @@ class _BatchNorm:
         The statistics are accumulated in float64 whatever the dtype.
         """
         backend = self._backend
-        x = self._check_input(x)
-        updates_buffers = self.training and self.track_running_stats
-        self._check_state(writeable_buffers=updates_buffers)
-        axis = self.channel_axis % x.ndim
-        if self.training or not self.track_running_stats:
-            check_values_per_channel(x, axis)
-            statistics = backend.batch_statistics(x, axis)
-        else:
-            statistics = RunningStatistics(self.running_mean, self.running_var)
+        x, axis, statistics = self._normalizing_statistics(x)
         save = is_grad_enabled()
         y, saved = backend.forward(x, axis, statistics, self.weight, self.bias, self.eps, save=save)
-        if updates_buffers:
+        if self.training and self.track_running_stats:
             count = self.num_batches_tracked + 1  # type: ignore[operator]  # an int while tracking
             factor = 1.0 / count if self.momentum is None else self.momentum
             backend.update_running(self.running_mean, self.running_var, statistics, factor)
             self.num_batches_tracked = count
         self._saved = saved if save else _NOT_KEPT  # state changes only once every step has succeeded
         return y
+
+    def _checked_forward_input(self, x):
+        """``(x, axis)``: the input checked (as the backend reads it) and its channel axis, with the
+        parameters and buffers re-checked, or an exception."""
+        x = self._check_input(x)
+        self._check_state(writeable_buffers=self.training and self.track_running_stats)
+        return x, self.channel_axis % x.ndim
+
+    def _normalizing_statistics(self, x):
+        """``(x, axis, statistics)``: the checked input and what normalises it (batch or running statistics)."""
+        x, axis = self._checked_forward_input(x)
+        if self.training or not self.track_running_stats:
+            check_values_per_channel(x, axis)
+            return x, axis, self._backend.batch_statistics(x, axis)
+        return x, axis, RunningStatistics(self.running_mean, self.running_var)
 
     def backward(self, grad_output: Array) -> Array:
         """Gradient of the loss w.r.t. the input of the most recent forward.
@@ -235,6 +243,11 @@ class _BatchNorm:
         keeping a copy: do not modify it between forward and backward.
         ``grad_weight`` and ``grad_bias`` have the module's ``dtype``.
         """
+        saved, grad_output = self._checked_backward_input(grad_output)
+        return self._store_gradients(self._backend.backward(saved, grad_output, self._weight_grad_dtype()))
+
+    def _checked_backward_input(self, grad_output):
+        """``(saved, grad_output)``: the recorded forward and ``grad_output`` checked against it, or an exception."""
         saved = self._saved
         if saved is None:
             raise RuntimeError("backward() needs a forward() first: no forward pass has been recorded")
@@ -245,7 +258,14 @@ class _BatchNorm:
         grad_output = check_like(
             "grad_output", self._backend.as_array("grad_output", grad_output), saved.x, "the forward input's"
         )
-        grads = self._backend.backward(saved, grad_output, self.dtype if self.affine else None)
+        self._backend.check_input_unchanged(saved)
+        return saved, grad_output
+
+    def _weight_grad_dtype(self):
+        return self.dtype if self.affine else None
+
+    def _store_gradients(self, grads):
+        """Keep the parameters' gradients; returns ``grad_input``."""
         if self.affine:
             self.grad_weight = grads.grad_weight
             self.grad_bias = grads.grad_bias if self._use_bias else None
@@ -407,6 +427,70 @@ class _BatchNorm:
         if self.bias is not None:
             self._fill("bias", 0)
 
+    def set_running_stats(self, stats: ChannelStats) -> None:
+        """Set the running buffers to exact population statistics (PreciseBN).
+
+        ``running_mean`` becomes ``stats.mean`` and ``running_var``
+        ``stats.unbiased_var``, in the module's dtype and on its device
+        (copied into the existing arrays when they can take them);
+        ``num_batches_tracked`` is left as it is. Typically ``stats`` merges
+        :func:`numba_bn.channel_stats` of many training batches, which gives
+        the statistics of all their values together, not an average of
+        per-batch variances.
+
+        Parameters
+        ----------
+        stats : ChannelStats
+            Statistics of ``num_features`` channels over 2 or more values per channel.
+
+        Raises
+        ------
+        TypeError
+            ``stats`` is not a ``ChannelStats``.
+        ValueError
+            The module does not track running statistics, the channel
+            counts differ, or ``stats`` holds fewer than 2 values per
+            channel (no unbiased variance). Nothing is changed then.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numba_bn as nbn
+        >>> batches = [np.random.default_rng(i).normal(size=(16, 4)) for i in range(3)]
+        >>> bn = nbn.BatchNorm1d(4, dtype=np.float64)
+        >>> bn.set_running_stats(nbn.ChannelStats.merge_all(nbn.channel_stats(b) for b in batches))
+        >>> bool(np.allclose(bn.running_var, np.concatenate(batches).var(axis=0, ddof=1)))
+        True
+        """
+        if not isinstance(stats, ChannelStats):
+            raise TypeError(f"expected stats to be a ChannelStats, got {describe_type(stats)}")
+        if not self.track_running_stats:
+            raise ValueError(
+                "expected a module with track_running_stats=True for set_running_stats, got one without running buffers"
+            )
+        if stats.num_features != self.num_features:
+            raise ValueError(f"expected statistics of {self.num_features} channels, got {stats.num_features}")
+        if stats.count < 2:
+            raise ValueError(
+                f"expected statistics of 2 or more values per channel (for the unbiased variance), got {stats.count}"
+            )
+        self._set_arrays({"running_mean": stats.mean, "running_var": stats.unbiased_var})
+
+    def _set_arrays(self, values):
+        """Cast host ``values`` to the module dtype and copy them into the named arrays in place,
+        or replace the arrays that cannot take them; everything is prepared before anything changes."""
+        host = {key: np.asarray(value).astype(self.dtype) for key, value in values.items()}
+        replacements = {
+            key: self._backend.from_host(value, self.dtype)
+            for key, value in host.items()
+            if not self._backend.can_assign(getattr(self, key), value)
+        }
+        for key, value in host.items():
+            if key in replacements:
+                setattr(self, key, replacements[key])
+            else:
+                self._backend.assign(getattr(self, key), value)
+
     def _fill(self, name, value):
         self._backend.fill(getattr(self, name), value)
 
@@ -491,17 +575,7 @@ class _BatchNorm:
         # Cast everything and allocate what cannot be copied in place before
         # changing anything, so that a failure leaves the module as it was.
         counter = values.pop(COUNTER_KEY, None)
-        host = {key: value.astype(self.dtype) for key, value in values.items()}
-        replacements = {
-            key: self._backend.from_host(value, self.dtype)
-            for key, value in host.items()
-            if not self._backend.can_assign(getattr(self, key), value)
-        }
-        for key, value in host.items():
-            if key in replacements:
-                setattr(self, key, replacements[key])
-            else:
-                self._backend.assign(getattr(self, key), value)
+        self._set_arrays(values)
         if counter is not None:
             self.num_batches_tracked = counter
         return incompatible

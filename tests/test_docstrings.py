@@ -17,23 +17,26 @@ import pytest
 
 import numba_bn
 import numba_bn.bench
-from numba_bn import _grad_mode, _precompile, functional, modules
+from numba_bn import _grad_mode, _precompile, _stats, functional, modules
 from numba_bn.cuda import stream as _stream
 
 MODULE_CLASSES = (numba_bn.BatchNorm1d, numba_bn.BatchNorm2d, numba_bn.BatchNorm3d)
 MODULE_METHODS = (
     "forward", "__call__", "backward", "train", "eval", "to", "cpu", "cuda",
-    "reset_running_stats", "reset_parameters", "state_dict", "load_state_dict", "extra_repr",
+    "reset_running_stats", "reset_parameters", "state_dict", "load_state_dict", "extra_repr", "set_running_stats",
 )
 FUNCTIONS = (
-    numba_bn.batch_norm, numba_bn.batch_stats, numba_bn.cuda_stream, numba_bn.precompile, numba_bn.is_grad_enabled
+    numba_bn.batch_norm, numba_bn.batch_stats, numba_bn.cuda_stream, numba_bn.precompile, numba_bn.is_grad_enabled,
+    numba_bn.channel_stats,
 )
+#: Other public classes: every public method and property documented.
+OTHER_CLASSES = (numba_bn.ChannelStats, numba_bn.SyncBatchNorm)
 PUBLIC_NAMES = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm", "batch_stats", "cuda_stream", "is_grad_enabled",
-    "no_grad", "precompile", "__version__",
+    "no_grad", "precompile", "__version__", "ChannelStats", "channel_stats", "SyncBatchNorm",
 ]
 #: Modules whose docstrings (and examples) are checked.
-DOCUMENTED_MODULES = [numba_bn, modules, functional, _stream, _grad_mode, _precompile]
+DOCUMENTED_MODULES = [numba_bn, modules, functional, _stream, _grad_mode, _precompile, _stats]
 
 #: The input layouts each class must state: channels first and channels last.
 DOCUMENTED_SHAPES = {
@@ -220,6 +223,18 @@ def test_method_docstrings(cls, name):
 def test_no_public_method_is_left_out(cls):
     public = {name for name, value in inspect.getmembers(cls, inspect.isfunction) if not name.startswith("_")}
     assert public <= set(MODULE_METHODS)
+
+
+@pytest.mark.parametrize("cls", OTHER_CLASSES, ids=lambda c: c.__name__)
+def test_other_classes_document_their_methods(cls):
+    assert docstring_problems(cls) == [] and "Examples" in sections(inspect.getdoc(cls))
+    for name, value in vars(cls).items():
+        if name.startswith("_"):  # __init__ is documented by the class docstring
+            continue
+        if isinstance(value, property):
+            assert inspect.getdoc(value), name
+        elif isinstance(value, (staticmethod, classmethod)) or inspect.isfunction(value):
+            assert docstring_problems(getattr(cls, name)) == [], name
 
 
 @pytest.mark.parametrize("cls", MODULE_CLASSES, ids=lambda c: c.__name__)

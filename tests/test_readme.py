@@ -11,7 +11,8 @@ project's real files and parsers:
   arguments; ``info``, ``--help`` and ``--version`` are also run;
 - ``python examples/NAME.py ...``: the example exists and its parser accepts the arguments;
 - ``python scripts/NAME.py ...``: the script exists and its parser accepts the arguments;
-- ``python -m pytest [paths] [options]``: the paths exist.
+- ``python -m pytest [paths] [options]``: the paths exist;
+- ``mpiexec -n K <one of the above>``: as that command.
 
 Blocks in other languages (``text``) are not checked.
 """
@@ -118,6 +119,10 @@ def _check_command(words):
             elif match.group(1):
                 assert set(match.group(1).split(",")) <= set(extras), target
         return
+    if program == "mpiexec":  # mpiexec -n K python ...: the program it starts must pass the same checks
+        assert arguments[0] == "-n" and arguments[1].isdigit(), words
+        program, arguments = arguments[2], arguments[3:]
+        words = [program] + arguments
     if program == "numba-bn":
         words = ["python", "-m", "numba_bn"] + arguments
         program, arguments = "python", words[1:]

@@ -240,25 +240,43 @@ class CpuBackend:
             running_mean[...] = mean64
             running_var[...] = var64
 
-    def backward(self, saved, grad_output, weight_grad_dtype):
-        x, axis = saved.x, saved.channel_axis
+    def check_input_unchanged(self, saved):
         if saved.input_sample is not None:
-            fingerprint.check_unchanged(x, saved.input_sample)
+            fingerprint.check_unchanged(saved.x, saved.input_sample)
+
+    def backward(self, saved, grad_output, weight_grad_dtype, combine_totals=None):
+        x, axis = saved.x, saved.channel_axis
         channels = x.shape[axis]
-        if x.size == 0:
+        if x.size == 0 and combine_totals is None:
             zeros = None if weight_grad_dtype is None else np.zeros(channels, weight_grad_dtype)
             return Gradients(np.empty(x.shape, native_dtype(x)), zeros, None if zeros is None else zeros.copy())
 
         dtype = compute_dtype(x)
         sums = None  # rows: sum(dy * xhat), sum(dy)
         if saved.batch_stats:
-            sum_dy, sum_dy_xmu = grad_sums(x, grad_output, axis, saved.mean)
+            if x.size:
+                sum_dy, sum_dy_xmu = grad_sums(x, grad_output, axis, saved.mean)
+            else:  # an empty share of a batch spread over processes
+                sum_dy, sum_dy_xmu = np.zeros((2, channels))
             sums = np.empty((2, channels))
             coefficients = np.empty((4, channels), dtype)
-            channel_math.backward_coefficients(
-                sum_dy, sum_dy_xmu, saved.mean, saved.invstd, saved.weight, float(saved.count), sums, coefficients
-            )
-            grad_in = grad_input(x, grad_output, axis, coefficients)
+            if combine_totals is None:
+                channel_math.backward_coefficients(
+                    sum_dy, sum_dy_xmu, saved.mean, saved.invstd, saved.weight, float(saved.count), sums, coefficients
+                )
+            else:
+                # This share's sums are its weight and bias gradients; the totals of the whole batch
+                # give the input's gradient.
+                if x.size:
+                    channel_math.weight_grads(sum_dy, sum_dy_xmu, saved.invstd, sums)
+                else:
+                    sums[...] = 0.0  # nothing to scale: 0 even where the whole batch's invstd is not finite
+                total_dy, total_dy_xmu = combine_totals(sum_dy, sum_dy_xmu)
+                channel_math.backward_coefficients(
+                    total_dy, total_dy_xmu, saved.mean, saved.invstd, saved.weight, float(saved.count),
+                    np.empty((2, channels)), coefficients,
+                )
+            grad_in = grad_input(x, grad_output, axis, coefficients) if x.size else np.empty(x.shape, native_dtype(x))
         else:
             # The statistics were constants: dx = dy * w * invstd, one pass over dy.
             if weight_grad_dtype is not None:

@@ -173,11 +173,14 @@ class CudaBackend:
             statistics.mean, statistics.m2, float(statistics.count), float(factor),
         )
 
-    def backward(self, saved, grad_output, weight_grad_dtype):
+    def check_input_unchanged(self, saved):
+        """Nothing to check: reading back a sample of device memory would wait for the GPU."""
+
+    def backward(self, saved, grad_output, weight_grad_dtype, combine_totals=None):
         x, axis = saved.x, saved.channel_axis
         channels = x.shape[axis]
         sums_dtype = np.float64 if weight_grad_dtype is None else weight_grad_dtype
-        if x.size == 0:
+        if x.size == 0 and combine_totals is None:
             if weight_grad_dtype is None:
                 return Gradients(device_array(x.shape, x.dtype), None, None)
             grad_weight, grad_bias = to_device(np.zeros((2, channels), weight_grad_dtype))
@@ -186,14 +189,33 @@ class CudaBackend:
         dtype = compute_dtype(x)
         sums = None  # rows: sum(dy * xhat), sum(dy)
         if saved.batch_stats:
-            part_dy, part_dy_xmu = grad_sum_parts(x, grad_output, axis, saved.mean)
+            if x.size:
+                part_dy, part_dy_xmu = grad_sum_parts(x, grad_output, axis, saved.mean)
+            else:  # an empty share of a batch spread over processes: one zero part per channel
+                part_dy, part_dy_xmu = to_device(np.zeros((2, channels, 1)))
             sums = device_array((2, channels), sums_dtype)
             coefficients = scratch_array("backward", (4, channels), dtype)
-            launch_per_channel(
-                channel_math.backward_coefficients, channels, part_dy, part_dy_xmu, saved.mean, saved.invstd,
-                saved.weight, float(saved.count), sums, coefficients,
-            )
-            grad_in = grad_input(x, grad_output, axis, coefficients)
+            if combine_totals is None:
+                launch_per_channel(
+                    channel_math.backward_coefficients, channels, part_dy, part_dy_xmu, saved.mean, saved.invstd,
+                    saved.weight, float(saved.count), sums, coefficients,
+                )
+            else:
+                # This share's sums are its weight and bias gradients; the totals of the whole batch,
+                # staged through the host, give the input's gradient.
+                if x.size:
+                    launch_per_channel(channel_math.weight_grads, channels, part_dy, part_dy_xmu, saved.invstd, sums)
+                else:  # nothing to scale: 0 even where the whole batch's invstd is not finite
+                    copy_from_host(sums, np.zeros((2, channels), sums_dtype))
+                totals = device_array((2, channels), np.float64)
+                launch_per_channel(channel_math.sum_parts, channels, part_dy, part_dy_xmu, totals)
+                combined = np.stack(combine_totals(*to_host(totals)))
+                total_dy, total_dy_xmu = to_device(combined.reshape(2, channels, 1))
+                launch_per_channel(
+                    channel_math.backward_coefficients, channels, total_dy, total_dy_xmu, saved.mean, saved.invstd,
+                    saved.weight, float(saved.count), device_array((2, channels), np.float64), coefficients,
+                )
+            grad_in = grad_input(x, grad_output, axis, coefficients) if x.size else device_array(x.shape, x.dtype)
         else:
             # The statistics were constants: dx = dy * w * invstd, one pass over dy.
             if weight_grad_dtype is not None:

@@ -64,6 +64,13 @@ def backward_coefficients(part_dy, part_dy_xmu, mean, invstd, weight, count, sum
 
 
 @cuda.jit
+def sum_parts(part_dy, part_dy_xmu, totals):
+    """``totals`` rows receive each channel's ``sum(dy)`` and ``sum(dy * (x - mean))``, in part order."""
+    for c in range(cuda.grid(1), part_dy.shape[0], cuda.gridsize(1)):
+        totals[0, c], totals[1, c] = _sum_parts(part_dy, part_dy_xmu, c)
+
+
+@cuda.jit
 def weight_grads(part_dy, part_dy_xmu, invstd, sums):
     """``sums`` rows receive ``sum(dy * xhat)`` and ``sum(dy)`` (constant statistics)."""
     for c in range(cuda.grid(1), invstd.shape[0], cuda.gridsize(1)):
