@@ -178,3 +178,15 @@ def exercise_cuda_backend(rng):
     bn.eval()
     bn(cuda.to_device(np.zeros((0, 3, 5), np.float32)))
     bn.backward(cuda.to_device(np.zeros((0, 3, 5), np.float32)))
+    # SyncBatchNorm's backward path (the totals staged through the host), on a share and on an empty share,
+    # with one process's totals standing for the whole batch's.
+    from numba_bn.cuda.backend import CUDA
+
+    def same_totals(sum_dy, sum_dy_xmu):
+        return sum_dy, sum_dy_xmu
+
+    for batch in (4, 0):
+        bn = nbn.BatchNorm1d(3, device="cuda")
+        share = cuda.to_device(rng.standard_normal((batch, 3, 5)).astype(np.float32))
+        bn(share)
+        CUDA.backward(bn._saved, share, np.dtype(np.float32), combine_totals=same_totals)
