@@ -19,6 +19,9 @@ batch_stats
 ChannelStats, channel_stats
     Mergeable per-channel ``(count, mean, M2)`` statistics: exact
     statistics over many batches, processes or machines.
+fold_batchnorm
+    The weight and bias of a convolution or linear layer with an
+    evaluation-mode BatchNorm folded in (inference).
 SyncBatchNorm
     Batch normalisation of a batch split over MPI processes (extra ``mpi``).
 cuda_stream
@@ -44,6 +47,7 @@ from .cuda.stream import cuda_stream
 from ._grad_mode import is_grad_enabled, no_grad
 from ._precompile import precompile
 from ._stats import ChannelStats, channel_stats
+from .fold import fold_batchnorm
 from .functional import batch_norm, batch_stats
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .sync_batchnorm import SyncBatchNorm
@@ -59,6 +63,7 @@ __all__ = [
     "ChannelStats",
     "channel_stats",
     "cuda_stream",
+    "fold_batchnorm",
     "is_grad_enabled",
     "no_grad",
     "precompile",

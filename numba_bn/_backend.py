@@ -123,15 +123,23 @@ class Backend(Protocol):
     def fill(self, target: Array, value: float) -> None:
         """Set every element of ``target`` to ``value``, in place."""
 
+    def shares_memory(self, a: Array, b: Array) -> bool:
+        """Whether ``a`` and ``b`` may share memory (an output written over an input)."""
+
     # --------------------------------------------------------- the steps
     def batch_statistics(self, x: Array, channel_axis: int) -> BatchStatistics:
         """Per-channel count, mean and M2 of ``x`` (Welford/Chan, float64)."""
 
     def forward(
         self, x: Array, channel_axis: int, statistics: BatchStatistics | RunningStatistics,
-        weight: Optional[Array], bias: Optional[Array], eps: float, save: bool = True,
+        weight: Optional[Array], bias: Optional[Array], eps: float, save: bool = True, out: Optional[Array] = None,
     ) -> tuple[Array, Optional[SavedForward]]:
-        """``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel, and what backward needs."""
+        """``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel, and what backward needs.
+
+        ``y`` is ``out`` when given (checked by the caller: ``x``'s shape and
+        dtype, writeable; any strides, ``x`` itself included), else a new
+        C-contiguous array.
+        """
 
     def update_running(
         self, running_mean: Array, running_var: Array, statistics: BatchStatistics, factor: float

@@ -182,3 +182,13 @@ def check_values_per_channel(x, channel_axis):
             "Expected more than 1 value per channel when training, "
             f"got input size {x.shape}"
         )
+
+
+def check_output(out, like):
+    """``out`` (already an array of the right device) can receive a result of ``like``'s shape and dtype."""
+    check_like("out", out, like, "the input's")
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError("expected out to be writeable, got a read-only array")
+    if any(stride == 0 and size > 1 for stride, size in zip(out.strides, out.shape)):
+        raise ValueError(f"expected out without repeated elements (a zero stride), got strides {tuple(out.strides)}")
+    return out

@@ -16,6 +16,7 @@ from ._validation import (
     check_bool,
     check_channel_axis,
     check_float_dtype,
+    check_output,
     check_real,
     check_values_per_channel,
 )
@@ -118,6 +119,7 @@ def batch_norm(
     eps: float = 1e-5,
     *,
     channel_axis: int = 1,
+    out: Array | None = None,
 ) -> Array:
     """Batch normalisation with ``torch.nn.functional.batch_norm``'s contract.
 
@@ -154,12 +156,16 @@ def batch_norm(
     channel_axis : {1, -1}, default 1
         Keyword-only. 1 for channels-first ``(N, C, ...)``, -1 for
         channels-last ``(N, ..., C)`` (read without a transposed copy).
+    out : numpy.ndarray or DeviceArray or None, default None
+        Keyword-only. A writeable array of ``x``'s shape and dtype on ``x``'s
+        device, any strides (``x`` itself too, for an in-place update), that
+        receives the result instead of a new array.
 
     Returns
     -------
     numpy.ndarray or DeviceArray
-        A new C-contiguous array of ``x``'s shape and dtype (in native byte
-        order), on ``x``'s device.
+        ``out`` when given, else a new C-contiguous array of ``x``'s shape
+        and dtype (in native byte order), on ``x``'s device.
 
     Raises
     ------
@@ -197,12 +203,14 @@ def batch_norm(
     running_mean, running_var, weight, bias, training, momentum, eps = checked_arguments(
         owner, channels, running_mean, running_var, weight, bias, training, momentum, eps
     )
+    if out is not None:
+        out = check_output(owner.as_array("out", out), x)
     if not training:
         statistics = RunningStatistics(running_mean, running_var)
-        return owner.forward(x, axis, statistics, weight, bias, eps, save=False)[0]
+        return owner.forward(x, axis, statistics, weight, bias, eps, save=False, out=out)[0]
     check_values_per_channel(x, axis)
     statistics = owner.batch_statistics(x, axis)
-    y, _ = owner.forward(x, axis, statistics, weight, bias, eps, save=False)
+    y, _ = owner.forward(x, axis, statistics, weight, bias, eps, save=False, out=out)
     if running_mean is not None:
         owner.update_running(running_mean, running_var, statistics, momentum)
     return y

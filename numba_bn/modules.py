@@ -26,6 +26,7 @@ from ._validation import (
     check_channel_axis,
     check_channels,
     check_like,
+    check_output,
     check_module_dtype,
     check_num_features,
     check_parameter_dtype,
@@ -36,6 +37,8 @@ from ._validation import (
 
 #: ``_saved`` after a forward inside ``no_grad``: nothing kept, so no backward.
 _NOT_KEPT = "not kept"
+#: ``_saved`` after a forward that wrote its output over its input (``out=x``): no backward.
+_INPUT_OVERWRITTEN = "input overwritten"
 
 #: The concrete module class, so that ``train``/``to``/... are typed as returning it.
 _Module = TypeVar("_Module", bound="_BatchNorm")
@@ -106,22 +109,24 @@ class _BatchNorm:
 
     # ------------------------------------------------------------ forward
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, *, out: Array | None = None) -> Array:
         """Normalise ``x``: the same as :meth:`forward`.
 
         Parameters
         ----------
         x : numpy.ndarray or DeviceArray
             The input batch; see :meth:`forward`.
+        out : numpy.ndarray or DeviceArray or None, default None
+            Keyword-only. Where to write the result; see :meth:`forward`.
 
         Returns
         -------
         numpy.ndarray or DeviceArray
             The normalised batch; see :meth:`forward`.
         """
-        return self.forward(x)
+        return self.forward(x, out=out)
 
-    def forward(self, x: Array) -> Array:
+    def forward(self, x: Array, *, out: Array | None = None) -> Array:
         """Normalise ``x``; in training mode also update the running buffers.
 
         In training mode, or whenever ``track_running_stats=False``, ``x`` is
@@ -145,13 +150,18 @@ class _BatchNorm:
             a float32 module). On ``device="cpu"`` a NumPy array, on
             ``device="cuda"`` a ``numba.cuda`` device array or any object
             with ``__cuda_array_interface__`` (read without a copy).
+        out : numpy.ndarray or DeviceArray or None, default None
+            Keyword-only. A writeable array of ``x``'s shape and dtype, on
+            the module's device, any strides (``x`` itself too), that
+            receives the result instead of a new array. After a forward
+            that wrote over its own input, :meth:`backward` raises.
 
         Returns
         -------
         numpy.ndarray or DeviceArray
-            A new C-contiguous array of ``x``'s shape and dtype (in native
-            byte order): a NumPy array on the CPU, a ``numba.cuda`` device
-            array on the GPU.
+            ``out`` when given, else a new C-contiguous array of ``x``'s
+            shape and dtype (in native byte order): a NumPy array on the
+            CPU, a ``numba.cuda`` device array on the GPU.
 
         Raises
         ------
@@ -173,31 +183,41 @@ class _BatchNorm:
         The statistics are accumulated in float64 whatever the dtype.
         """
         backend = self._backend
-        x, axis, statistics = self._normalizing_statistics(x)
+        x, axis, statistics, out = self._normalizing_statistics(x, out)
         save = is_grad_enabled()
-        y, saved = backend.forward(x, axis, statistics, self.weight, self.bias, self.eps, save=save)
+        overwrites_input = out is not None and backend.shares_memory(out, x)  # then no backward can read it
+        y, saved = backend.forward(
+            x, axis, statistics, self.weight, self.bias, self.eps, save=save and not overwrites_input, out=out
+        )
         if self.training and self.track_running_stats:
             count = self.num_batches_tracked + 1  # type: ignore[operator]  # an int while tracking
             factor = 1.0 / count if self.momentum is None else self.momentum
             backend.update_running(self.running_mean, self.running_var, statistics, factor)
             self.num_batches_tracked = count
-        self._saved = saved if save else _NOT_KEPT  # state changes only once every step has succeeded
+        # State changes only once every step has succeeded.
+        if not save:
+            self._saved = _NOT_KEPT
+        else:
+            self._saved = _INPUT_OVERWRITTEN if overwrites_input else saved
         return y
 
-    def _checked_forward_input(self, x):
-        """``(x, axis)``: the input checked (as the backend reads it) and its channel axis, with the
-        parameters and buffers re-checked, or an exception."""
+    def _checked_forward_input(self, x, out):
+        """``(x, axis, out)``: the input checked (as the backend reads it), its channel axis and the
+        checked ``out`` (or None), with the parameters and buffers re-checked, or an exception."""
         x = self._check_input(x)
+        if out is not None:
+            out = check_output(self._backend.as_array("out", out), x)
         self._check_state(writeable_buffers=self.training and self.track_running_stats)
-        return x, self.channel_axis % x.ndim
+        return x, self.channel_axis % x.ndim, out
 
-    def _normalizing_statistics(self, x):
-        """``(x, axis, statistics)``: the checked input and what normalises it (batch or running statistics)."""
-        x, axis = self._checked_forward_input(x)
+    def _normalizing_statistics(self, x, out):
+        """``(x, axis, statistics, out)``: the checked input, what normalises it (batch or running
+        statistics) and the checked ``out``."""
+        x, axis, out = self._checked_forward_input(x, out)
         if self.training or not self.track_running_stats:
             check_values_per_channel(x, axis)
-            return x, axis, self._backend.batch_statistics(x, axis)
-        return x, axis, RunningStatistics(self.running_mean, self.running_var)
+            return x, axis, self._backend.batch_statistics(x, axis), out
+        return x, axis, RunningStatistics(self.running_mean, self.running_var), out
 
     def backward(self, grad_output: Array) -> Array:
         """Gradient of the loss w.r.t. the input of the most recent forward.
@@ -254,6 +274,11 @@ class _BatchNorm:
         if saved is _NOT_KEPT:
             raise RuntimeError(
                 "backward() needs a forward() that kept its input: the last forward ran inside numba_bn.no_grad()"
+            )
+        if saved is _INPUT_OVERWRITTEN:
+            raise ValueError(
+                "expected a forward whose input is still there for backward(), got one that wrote its output "
+                "over its input (out=x): run the forward without out=x before a backward"
             )
         grad_output = check_like(
             "grad_output", self._backend.as_array("grad_output", grad_output), saved.x, "the forward input's"

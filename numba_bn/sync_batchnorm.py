@@ -154,7 +154,7 @@ class SyncBatchNorm(_BatchNorm):
 
     # ------------------------------------------------------------ forward
 
-    def forward(self, x: Array) -> Array:
+    def forward(self, x: Array, *, out: Array | None = None) -> Array:
         """Normalise this process's share ``x`` of the batch; see the class docstring.
 
         In training mode every process of ``comm`` must call it too (one
@@ -166,6 +166,8 @@ class SyncBatchNorm(_BatchNorm):
         x : numpy.ndarray or DeviceArray
             This process's share: ``(N, C, *)`` (or channels-last), any
             ``N`` including 0, of the module's dtype and device.
+        out : numpy.ndarray or DeviceArray or None, default None
+            Keyword-only. Receives the result, as in ``BatchNorm.forward``.
 
         Returns
         -------
@@ -179,16 +181,16 @@ class SyncBatchNorm(_BatchNorm):
             ValueError naming that process on every other one. Also when the
             whole batch has a single value per channel.
         """
-        y = super().forward(x)
+        y = super().forward(x, out=out)
         self._synced_forward = self.training
         return y
 
-    def _normalizing_statistics(self, x):
+    def _normalizing_statistics(self, x, out):
         if not self.training:
-            return super()._normalizing_statistics(x)
+            return super()._normalizing_statistics(x, out)
         backend, channels = self._backend, self.num_features
         try:
-            x, axis = self._checked_forward_input(x)
+            x, axis, out = self._checked_forward_input(x, out)
             local = backend.batch_statistics(x, axis)
         except Exception as error:
             self._exchange.report_failure(2 * channels + 2, error)
@@ -210,7 +212,7 @@ class SyncBatchNorm(_BatchNorm):
                 f"got 1 value per channel over all {self._exchange.size} processes"
             )
         mean, m2 = backend.from_host(np.stack((mean, m2)), np.float64)
-        return x, axis, BatchStatistics(int(count), mean, m2)
+        return x, axis, BatchStatistics(int(count), mean, m2), out
 
     # ----------------------------------------------------------- backward
 

@@ -17,7 +17,7 @@ import pytest
 
 import numba_bn
 import numba_bn.bench
-from numba_bn import _grad_mode, _precompile, _stats, functional, modules
+from numba_bn import _grad_mode, _precompile, _stats, fold, functional, modules
 from numba_bn.cuda import stream as _stream
 
 MODULE_CLASSES = (numba_bn.BatchNorm1d, numba_bn.BatchNorm2d, numba_bn.BatchNorm3d)
@@ -27,16 +27,17 @@ MODULE_METHODS = (
 )
 FUNCTIONS = (
     numba_bn.batch_norm, numba_bn.batch_stats, numba_bn.cuda_stream, numba_bn.precompile, numba_bn.is_grad_enabled,
-    numba_bn.channel_stats,
+    numba_bn.channel_stats, numba_bn.fold_batchnorm,
 )
 #: Other public classes: every public method and property documented.
 OTHER_CLASSES = (numba_bn.ChannelStats, numba_bn.SyncBatchNorm)
 PUBLIC_NAMES = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm", "batch_stats", "cuda_stream", "is_grad_enabled",
     "no_grad", "precompile", "__version__", "ChannelStats", "channel_stats", "SyncBatchNorm",
+    "fold_batchnorm",
 ]
 #: Modules whose docstrings (and examples) are checked.
-DOCUMENTED_MODULES = [numba_bn, modules, functional, _stream, _grad_mode, _precompile, _stats]
+DOCUMENTED_MODULES = [numba_bn, modules, functional, _stream, _grad_mode, _precompile, _stats, fold]
 
 #: The input layouts each class must state: channels first and channels last.
 DOCUMENTED_SHAPES = {

@@ -111,10 +111,15 @@ def channel_stats(x, channel_axis):
     return int(count), mean, m2
 
 
-def _elementwise(x, grad_output, channel_axis, coefficients):
-    """A new C-contiguous array from an elementwise pass over ``x`` (and ``grad_output``, or None)."""
+def _elementwise(x, grad_output, channel_axis, coefficients, out=None):
+    """An elementwise pass over ``x`` (and ``grad_output``, or None) into ``out``, or a new C-contiguous array.
+
+    ``out`` must be native, with whole-element strides, and not overlap ``x``
+    other than being ``x`` itself (see :func:`_writes_directly`).
+    """
     x = _kernel_array(x)
-    out = np.empty(x.shape, _output_dtype(x))
+    if out is None:
+        out = np.empty(x.shape, _output_dtype(x))
     inputs = [x] if grad_output is None else [x, _kernel_array(grad_output)]
     layout, shape, operands, position = kernel_operands(channel_axis, inputs, [_kernel_array(out)], memory_order=True)
     # The kernels read (x, dy) and write out: a one-input pass reads x twice, for free.
@@ -129,13 +134,30 @@ def _elementwise(x, grad_output, channel_axis, coefficients):
 
 
 @serialize_unless_thread_safe
-def normalize(x, channel_axis, coefficients):
-    """New C-contiguous ``(x - shift) * scale + offset`` per channel, ``x``'s dtype in native byte order.
+def normalize(x, channel_axis, coefficients, out=None):
+    """``(x - shift) * scale + offset`` per channel into ``out``, or a new C-contiguous array of
+    ``x``'s dtype in native byte order.
 
     ``coefficients`` rows: shift, scale, offset and one unused (a ``(4, C)``
-    array in the compute dtype, as ``grad_input`` takes).
+    array in the compute dtype, as ``grad_input`` takes). ``out`` as
+    :func:`_elementwise` takes it.
     """
-    return _elementwise(x, None, channel_axis, coefficients)
+    return _elementwise(x, None, channel_axis, coefficients, out)
+
+
+def _writes_directly(out, x):
+    """Whether the kernels can write into ``out`` itself: native, whole-element strides, and either
+    apart from ``x`` or ``x`` itself (each element is read before it is written)."""
+    itemsize = out.dtype.itemsize
+    if not out.dtype.isnative or any(stride % itemsize for stride in out.strides):
+        return False
+    if not np.shares_memory(out, x):
+        return True
+    return (
+        x.dtype.isnative
+        and out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
+        and out.strides == x.strides
+    )
 
 
 @serialize_unless_thread_safe
@@ -204,7 +226,10 @@ class CpuBackend:
             return BatchStatistics(0, nan, nan.copy())
         return BatchStatistics(*channel_stats(x, channel_axis))
 
-    def forward(self, x, channel_axis, statistics, weight, bias, eps, save=True):
+    def shares_memory(self, a, b):
+        return bool(np.shares_memory(a, b))
+
+    def forward(self, x, channel_axis, statistics, weight, bias, eps, save=True, out=None):
         channels = x.shape[channel_axis]
         terms = normalizing_terms(x, channel_axis, statistics)
         # The float64 rows are snapshots for backward: the caller may change the originals.
@@ -222,8 +247,12 @@ class CpuBackend:
                 fingerprint.record(x),
             )
         if x.size == 0:
-            return np.empty(x.shape, native_dtype(x)), saved
-        return normalize(x, channel_axis, coefficients), saved
+            return (np.empty(x.shape, native_dtype(x)) if out is None else out), saved
+        if out is None or _writes_directly(out, x):
+            return normalize(x, channel_axis, coefficients, out), saved
+        # A byte-swapped or oddly strided out, or one overlapping x in another layout: via a new array.
+        out[...] = normalize(x, channel_axis, coefficients)
+        return out, saved
 
     def update_running(self, running_mean, running_var, statistics, factor):
         # Overflow to inf in a float32 buffer is the honest result for data beyond ~1e19.

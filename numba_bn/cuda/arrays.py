@@ -58,3 +58,30 @@ def stream_key(stream):
         return id(stream)
     value = getattr(handle, "value", None)  # a ctypes pointer, or a CUDA binding object
     return int(handle) if value is None else (value or 0)
+
+
+def _byte_range(array):
+    """``[start, end)`` addresses of the bytes ``array`` can touch (its data pointer and strides)."""
+    interface = getattr(array, "__cuda_array_interface__", None)
+    if interface is None:  # the CUDA simulator's arrays wrap host memory
+        interface = array.__array_interface__
+    start = end = interface["data"][0]
+    for size, stride in zip(array.shape, array.strides):
+        if size > 1:
+            if stride < 0:
+                start += stride * (size - 1)
+            else:
+                end += stride * (size - 1)
+    return start, end + array.dtype.itemsize
+
+
+def overlap(a, b):
+    """``"same"`` when ``a`` and ``b`` are the same elements in the same layout, ``"partial"`` when
+    their byte ranges meet otherwise (conservatively), ``"none"`` when they are apart."""
+    if a.size == 0 or b.size == 0:
+        return "none"
+    (a_start, a_end), (b_start, b_end) = _byte_range(a), _byte_range(b)
+    if a_end <= b_start or b_end <= a_start:
+        return "none"
+    same = (a_start, a_end) == (b_start, b_end) and tuple(a.strides) == tuple(b.strides)
+    return "same" if same and tuple(a.shape) == tuple(b.shape) else "partial"

@@ -19,7 +19,7 @@ from .._dtypes import compute_dtype
 from .._layout import ROWS
 from .._validation import check_vector_fields
 from . import channel_math, kernels
-from .arrays import as_device_array, copy_from_host, device_array, to_device, to_host
+from .arrays import as_device_array, copy_from_host, device_array, overlap, to_device, to_host
 from .launch import device_views, geometry, launch, launch_per_channel, use_warp_shuffle
 from .scratch import scratch_array
 
@@ -60,18 +60,23 @@ def channel_stats(x, channel_axis):
     return x.size // channels, mean, m2
 
 
-def normalize(x, channel_axis, coefficients):
-    """New C-contiguous ``(x - shift) * scale + offset`` per channel, ``x``'s dtype.
+def normalize(x, channel_axis, coefficients, out=None):
+    """``(x - shift) * scale + offset`` per channel into ``out``, or a new C-contiguous array of ``x``'s dtype.
 
     ``coefficients`` rows: shift, scale, offset and one unused (``(4, C)``,
-    compute dtype, as ``grad_input`` takes).
+    compute dtype, as ``grad_input`` takes). ``out`` may have any strides;
+    it must not overlap ``x`` other than being ``x`` itself.
     """
-    y = device_array(x.shape, x.dtype)
+    y = device_array(x.shape, x.dtype) if out is None else out
+    # Walk an output with negative strides backwards along those axes, and the input with it.
+    flips = tuple(slice(None, None, -1) if stride < 0 else slice(None) for stride in y.strides)
+    if any(step != slice(None) for step in flips):
+        x, y = x[flips], y[flips]
     layout, (xv,), (yv,) = device_views(channel_axis, [x], [y])
     grid, block, _, extra = geometry(layout, xv.shape, reduction=False)
     kernel = kernels.normalize_rows if layout == ROWS else kernels.normalize_runs
     launch(kernel, grid, block, (xv, xv, yv, coefficients, *extra))
-    return y
+    return y if out is None else out
 
 
 def grad_sum_parts(x, grad_output, channel_axis, mean):
@@ -145,7 +150,10 @@ class CudaBackend:
             return BatchStatistics(0, mean, m2)
         return BatchStatistics(*channel_stats(x, channel_axis))
 
-    def forward(self, x, channel_axis, statistics, weight, bias, eps, save=True):
+    def shares_memory(self, a, b):
+        return overlap(a, b) != "none"
+
+    def forward(self, x, channel_axis, statistics, weight, bias, eps, save=True, out=None):
         channels = x.shape[channel_axis]
         terms = normalizing_terms(x, channel_axis, statistics)
         # Saved for backward: one allocation; the coefficients only feed this call's kernel.
@@ -162,8 +170,14 @@ class CudaBackend:
                 x, channel_axis, terms.batch_stats, saved_mean, invstd, saved_weight, terms.count, None,
             )
         if x.size == 0:
-            return device_array(x.shape, x.dtype), saved
-        return normalize(x, channel_axis, coefficients), saved
+            return (device_array(x.shape, x.dtype) if out is None else out), saved
+        if out is None or overlap(out, x) != "partial":
+            return normalize(x, channel_axis, coefficients, out), saved
+        # out overlaps x in another layout: normalise into a new array, then copy it over
+        # (the normalisation with scale 1 and offset 0 copies exactly, with any strides).
+        identity = scratch_array("copy", (4, channels), coefficients.dtype)
+        copy_from_host(identity, np.array([[0.0], [1.0], [0.0], [0.0]]) * np.ones(channels))
+        return normalize(normalize(x, channel_axis, coefficients), channel_axis, identity, out), saved
 
     def update_running(self, running_mean, running_var, statistics, factor):
         if statistics.count == 0:
