@@ -193,15 +193,17 @@ class Model:
             x = layer.forward(x)
         return x
 
-    def loss_and_backward(self, x: np.ndarray, labels: np.ndarray) -> float:
-        """Mean cross-entropy of a batch; leaves every parameter's gradient set."""
+    def loss_and_backward(self, x: np.ndarray, labels: np.ndarray, batch_size: int | None = None) -> float:
+        """Cross-entropy of a batch, summed and divided by ``batch_size`` (default: the batch's own size,
+        the mean); leaves every parameter's gradient set."""
+        batch_size = len(labels) if batch_size is None else batch_size
         logits = self.logits(x)
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        loss = -log_probs[np.arange(len(labels)), labels].mean()
+        loss = -log_probs[np.arange(len(labels)), labels].sum() / batch_size
         grad = np.exp(log_probs)
         grad[np.arange(len(labels)), labels] -= 1
-        grad /= len(labels)
+        grad /= batch_size
         for layer in reversed(self.layers):
             grad = layer.backward(grad.astype(DTYPE, copy=False))
         return float(loss)

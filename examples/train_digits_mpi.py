@@ -42,19 +42,11 @@ def train_step(model: digits.Model, x: np.ndarray, labels: np.ndarray, batch_siz
     divided by ``batch_size`` (not the share's size) and the shares' gradients
     are summed by ``sum_over_ranks``. Returns the whole batch's loss.
     """
-    logits = model.logits(x)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    loss_sum = -log_probs[np.arange(len(labels)), labels].sum()
-    grad = np.exp(log_probs)
-    grad[np.arange(len(labels)), labels] -= 1
-    grad /= batch_size
-    for layer in reversed(model.layers):
-        grad = layer.backward(grad.astype(digits.DTYPE, copy=False))
+    loss = model.loss_and_backward(x, labels, batch_size)
     for layer in model.layers:
         for owner, _, grad_name in layer.parameters():
             setattr(owner, grad_name, sum_over_ranks(getattr(owner, grad_name)))
-    return float(sum_over_ranks(np.array([loss_sum]))[0]) / batch_size
+    return float(sum_over_ranks(np.array([loss]))[0])
 
 
 def train(data, epochs: int, batch_size: int, learning_rate: float, seed: int, comm=None) -> dict:

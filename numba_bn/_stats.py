@@ -151,9 +151,8 @@ class ChannelStats:
             return self
         if self._count == 0:
             return other
-        _, mean, m2 = _formulas.chan_merge(
-            float(self._count), self._mean, self._m2, float(other._count), other._mean, other._m2
-        )
+        _, mean, m2 = merge_in_order((float(self._count), float(other._count)), (self._mean, other._mean),
+                                     (self._m2, other._m2))
         return ChannelStats(self._count + other._count, mean, m2)
 
     @staticmethod
@@ -177,14 +176,21 @@ class ChannelStats:
         ValueError
             ``stats`` is empty, or the channel counts differ.
         """
-        total = None
-        for index, state in enumerate(stats):
+        states = list(stats)
+        for index, state in enumerate(states):
             if not isinstance(state, ChannelStats):
                 raise TypeError(f"expected ChannelStats to merge, got {describe_type(state)} at position {index}")
-            total = state if total is None else total.merge(state)
-        if total is None:
+            if state.num_features != states[0].num_features:
+                raise ValueError(
+                    f"expected statistics of {states[0].num_features} channels to merge with, "
+                    f"got {state.num_features} at position {index}"
+                )
+        if not states:
             raise ValueError("expected one or more ChannelStats to merge, got none")
-        return total
+        count, mean, m2 = merge_in_order(
+            [float(state.count) for state in states], [state.mean for state in states], [state.m2 for state in states]
+        )
+        return ChannelStats(int(count), mean, m2)
 
     @staticmethod
     def empty(num_features: int) -> ChannelStats:

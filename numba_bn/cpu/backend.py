@@ -151,13 +151,15 @@ def _writes_directly(out, x):
     itemsize = out.dtype.itemsize
     if not out.dtype.isnative or any(stride % itemsize for stride in out.strides):
         return False
-    if not np.shares_memory(out, x):
-        return True
-    return (
-        x.dtype.isnative
-        and out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
-        and out.strides == x.strides
-    )
+    same_elements = out.__array_interface__["data"][0] == x.__array_interface__["data"][0] and out.strides == x.strides
+    if same_elements:
+        return x.dtype.isnative
+    return not _shares_memory(out, x)
+
+
+def _shares_memory(a, b):
+    """Exactly whether ``a`` and ``b`` share memory; the exact test only where their bounds meet."""
+    return bool(np.may_share_memory(a, b) and np.shares_memory(a, b))
 
 
 @serialize_unless_thread_safe
@@ -227,7 +229,7 @@ class CpuBackend:
         return BatchStatistics(*channel_stats(x, channel_axis))
 
     def shares_memory(self, a, b):
-        return bool(np.shares_memory(a, b))
+        return _shares_memory(a, b)
 
     def forward(self, x, channel_axis, statistics, weight, bias, eps, save=True, out=None):
         channels = x.shape[channel_axis]
