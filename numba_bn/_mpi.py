@@ -21,6 +21,17 @@ INSTALL_HINT = "pip install 'numba_bn[mpi]'"
 _OK, _FAILED = 1.0, 0.0
 
 
+class InvalidInputTypeError(TypeError, ValueError):
+    """A TypeError on the process whose input was invalid, that is also the ValueError every process raises."""
+
+
+class InvalidCallError(RuntimeError, ValueError):
+    """A RuntimeError (no forward to go back through) that is also the ValueError every process raises."""
+
+
+_ALSO_VALUE_ERRORS = {TypeError: InvalidInputTypeError, RuntimeError: InvalidCallError}
+
+
 def world_communicator():
     """``mpi4py.MPI.COMM_WORLD``, or ImportError naming the extra to install."""
     try:
@@ -66,14 +77,24 @@ class RankExchange:
             total += row
         return total
 
-    def report_failure(self, length: int, error: BaseException) -> None:
+    def report_failure(self, length: int, error: Exception) -> Exception:
         """Join the exchange that the other processes are in (rows of ``length`` values) with the flag down.
 
-        The caller then raises ``error`` itself; the other processes raise a
-        ValueError that names this process and the error.
+        Returns the exception for the caller to raise: ``error`` when it is a
+        ValueError, else one that is both ``error``'s kind and a ValueError
+        (so that every process can catch the same ValueError). The other
+        processes raise a ValueError that names this process and the error.
         """
         rows = self._allgather(_FAILED, np.zeros(length))
         self._raise_for_failures(rows, error)
+        if isinstance(error, ValueError):
+            return error
+        for kind, combined_kind in _ALSO_VALUE_ERRORS.items():
+            if isinstance(error, kind):
+                combined = combined_kind(str(error))
+                combined.__cause__ = error
+                return combined
+        return error
 
     def _allgather(self, flag, values):
         row = np.empty(values.size + 1)

@@ -64,10 +64,10 @@ class SyncBatchNorm(_BatchNorm):
       in PyTorch's ``SyncBatchNorm``: their sum over processes is the
       gradient of the whole batch (sum them with ``comm.Allreduce`` or
       with the rest of the model's gradients).
-    - When one process's input (or ``grad_output``) is invalid, that process
-      raises its usual ``TypeError``/``ValueError`` and every other process
-      a ``ValueError`` naming it; none is left waiting. A call that raises
-      changes no state on any process.
+    - When one process's input (or ``grad_output``) is invalid, every
+      process raises a ``ValueError``, none is left waiting: that process
+      its usual error (a ``TypeError`` there is also a ``ValueError``), the
+      others one naming it. A call that raises changes no state on any process.
     - Collectives are called in lockstep: every process must call
       ``forward``/``backward`` the same number of times, in the same mode.
     - A pickled or copied module uses ``MPI.COMM_WORLD`` when restored.
@@ -176,10 +176,11 @@ class SyncBatchNorm(_BatchNorm):
 
         Raises
         ------
-        TypeError, ValueError
-            As ``BatchNorm.forward``, on the process whose input is wrong; a
-            ValueError naming that process on every other one. Also when the
-            whole batch has a single value per channel.
+        ValueError
+            As ``BatchNorm.forward`` on the process whose input is wrong (its
+            TypeErrors are ValueErrors too), and a ValueError naming that
+            process on every other one. Also when the whole batch has a
+            single value per channel.
         """
         y = super().forward(x, out=out)
         self._synced_forward = self.training
@@ -193,8 +194,7 @@ class SyncBatchNorm(_BatchNorm):
             x, axis, out = self._checked_forward_input(x, out)
             local = backend.batch_statistics(x, axis)
         except Exception as error:
-            self._exchange.report_failure(2 * channels + 2, error)
-            raise
+            raise self._exchange.report_failure(2 * channels + 2, error)  # noqa: B904 (it is error, or caused by it)
         # This process's row: [C, count, mean..., M2...] (an empty share has count 0: the merge's identity).
         row = np.empty(2 * channels + 2)
         row[0], row[1] = channels, local.count
@@ -236,8 +236,9 @@ class SyncBatchNorm(_BatchNorm):
 
         Raises
         ------
-        RuntimeError, TypeError, ValueError
-            As ``BatchNorm.backward``, on the process whose call is wrong; a
+        ValueError
+            As ``BatchNorm.backward`` on the process whose call is wrong (its
+            TypeErrors and RuntimeErrors are ValueErrors too), and a
             ValueError naming that process on every other one.
         """
         if not self._synced_forward:
@@ -245,8 +246,7 @@ class SyncBatchNorm(_BatchNorm):
         try:
             saved, grad_output = self._checked_backward_input(grad_output)
         except Exception as error:
-            self._exchange.report_failure(2 * self.num_features, error)
-            raise
+            raise self._exchange.report_failure(2 * self.num_features, error)  # noqa: B904 (it is error, or caused by it)
         grads = self._backend.backward(
             saved, grad_output, self._weight_grad_dtype(), combine_totals=self._sum_over_processes
         )
