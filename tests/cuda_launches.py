@@ -178,6 +178,12 @@ def exercise_cuda_backend(rng):
     bn.eval()
     bn(cuda.to_device(np.zeros((0, 3, 5), np.float32)))
     bn.backward(cuda.to_device(np.zeros((0, 3, 5), np.float32)))
+    # out=: a reversed output, the input itself, and an output overlapping the input in another layout.
+    square = cuda.to_device(rng.standard_normal((3, 3)).astype(np.float32))
+    bn = nbn.BatchNorm1d(3, device="cuda")
+    bn(flipped, out=cuda.to_device(np.zeros((4, 3, 5), np.float32))[:, :, ::-1])
+    bn(square, out=square)
+    bn(square, out=square.T)
     # SyncBatchNorm's backward path (the totals staged through the host), on a share and on an empty share,
     # with one process's totals standing for the whole batch's.
     from numba_bn.cuda.backend import CUDA

@@ -175,8 +175,10 @@ class CudaBackend:
             return normalize(x, channel_axis, coefficients, out), saved
         # out overlaps x in another layout: normalise into a new array, then copy it over
         # (the normalisation with scale 1 and offset 0 copies exactly, with any strides).
+        identity_rows = np.zeros((4, channels), coefficients.dtype)
+        identity_rows[1] = 1.0
         identity = scratch_array("copy", (4, channels), coefficients.dtype)
-        copy_from_host(identity, np.array([[0.0], [1.0], [0.0], [0.0]]) * np.ones(channels))
+        copy_from_host(identity, identity_rows)
         return normalize(normalize(x, channel_axis, coefficients), channel_axis, identity, out), saved
 
     def update_running(self, running_mean, running_var, statistics, factor):
