@@ -2,17 +2,26 @@
 
 numba_bn, PyTorch (when installed), plain NumPy and the copy roofline run on
 the same arrays with the same thread count; each benchmark group is one case,
-so ``--benchmark-enable`` prints them side by side. The correctness of every
-implementation is tested in ``tests/test_bench_implementations.py``.
+so ``--benchmark-enable`` prints them side by side. The plain operations run
+on every default shape; then come the fused BatchNorm + residual add + ReLU
+rows and the evaluation forwards into a preallocated output (``out=``), which
+NumPy does not run (see ``build_extra_cases``). Only those, for example::
+
+    python -m pytest benchmarks/test_bench_cpu.py -k "add_relu or eval_out" --benchmark-enable
+
+The correctness of every implementation is tested in
+``tests/test_bench_implementations.py``.
 """
 
 import pytest
 
-from numba_bn.bench.cases import DEFAULT_SHAPES, Case, build_cases, make_case_data
+from numba_bn.bench.cases import DEFAULT_SHAPES, Case, build_cases, build_extra_cases, make_case_data
 from numba_bn.bench.implementations import IMPLEMENTATIONS
 
-CASES = build_cases(DEFAULT_SHAPES)
+CASES = build_cases(DEFAULT_SHAPES) + build_extra_cases()
 CPU = IMPLEMENTATIONS["cpu"]
+#: Every (case, implementation) pair that the implementation runs.
+PAIRS = [(case, name) for case in CASES for name, impl in CPU.items() if impl.supports(case.operation)]
 
 
 def smoke_case(case: Case) -> Case:
@@ -21,8 +30,8 @@ def smoke_case(case: Case) -> Case:
     return Case(case.operation, shape, case.layout, case.dtype)
 
 
-@pytest.mark.parametrize("implementation", list(CPU))
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name.replace(" ", "-"))
+@pytest.mark.parametrize("case, implementation", PAIRS,
+                         ids=[f"{case.name.replace(' ', '-')}-{name}" for case, name in PAIRS])
 def test_cpu(benchmark, case, implementation):
     impl = CPU[implementation]
     if not impl.is_available():

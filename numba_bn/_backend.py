@@ -62,6 +62,8 @@ class SavedForward(NamedTuple):
     weight: Any  # a snapshot of the weight at forward time (ones without one)
     count: int  # values per channel
     input_sample: Optional[bytes]  # to notice an input modified before backward, where checked
+    relu_mask: Optional[Any] = None  # a fused ReLU's record of where its result was not <= 0 (a bit per value)
+    residual: bool = False  # a residual was added: backward also returns its gradient
 
 
 class Gradients(NamedTuple):
@@ -70,6 +72,7 @@ class Gradients(NamedTuple):
     grad_input: Any
     grad_weight: Optional[Any]  # sum(dy * xhat), None unless requested
     grad_bias: Optional[Any]  # sum(dy), None unless requested
+    grad_residual: Optional[Any] = None  # after a forward with a residual
 
 
 class NormalizingTerms(NamedTuple):
@@ -133,12 +136,16 @@ class Backend(Protocol):
     def forward(
         self, x: Array, channel_axis: int, statistics: BatchStatistics | RunningStatistics,
         weight: Optional[Array], bias: Optional[Array], eps: float, save: bool = True, out: Optional[Array] = None,
+        residual: Optional[Array] = None, relu: bool = False,
     ) -> tuple[Array, Optional[SavedForward]]:
         """``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel, and what backward needs.
 
+        With a ``residual`` (``x``'s shape and dtype, any strides) ``y`` is
+        ``bn(x) + residual``, and with ``relu`` it is clamped at 0, in the
+        same pass; a saved ReLU keeps one bit per value for backward.
         ``y`` is ``out`` when given (checked by the caller: ``x``'s shape and
-        dtype, writeable; any strides, ``x`` itself included), else a new
-        C-contiguous array.
+        dtype, writeable; any strides, ``x`` or ``residual`` itself
+        included), else a new C-contiguous array.
         """
 
     def update_running(
@@ -154,6 +161,10 @@ class Backend(Protocol):
         combine_totals: Optional[Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] = None,
     ) -> Gradients:
         """``grad_input``, and the weight's and bias's gradients in ``weight_grad_dtype`` (when given).
+
+        After a forward with a fused ReLU, ``grad_output`` passes only where
+        the forward's result was not <= 0; after one with a residual the
+        gradients include the residual's (``grad_output`` as it passed).
 
         ``combine_totals`` (batch statistics only) joins a batch split over
         processes: it receives this share's float64 host ``(C,)`` totals

@@ -98,15 +98,38 @@ def _flat_operand(view):
     return buffer, origin, strides
 
 
+def _memory_order(shape, strides):
+    """The four outer axes of a runs shape, outermost first, by decreasing ``strides`` (size-1 axes first)."""
+    return [i for i in range(4) if shape[i] == 1] + sorted(
+        (i for i in range(4) if shape[i] > 1), key=lambda i: -abs(strides[i])
+    )
+
+
+def walk_positions(layout, shape, strides):
+    """Strides, in values, of each axis of a kernel view in the walk that elementwise passes take.
+
+    That walk goes through the first operand's memory in address order, so a
+    value's position in it does not depend on the other operands: a ReLU mask
+    recorded at those positions by a forward can be read by any later pass
+    over the same input. ``strides`` are that input's element strides in the
+    view ``(layout, shape)``.
+    """
+    positions = [0] * 5
+    step = 1
+    axes = range(4, -1, -1) if layout == ROWS else [4, *reversed(_memory_order(shape, strides))]
+    for i in axes:
+        positions[i] = step
+        step *= shape[i]
+    return tuple(positions)
+
+
 def _in_memory_order(shape, strides_per_operand):
     """Reorder the four outer axes of a runs shape by decreasing stride of the first operand.
 
     Returns ``(shape, strides_per_operand, channel_position)`` with the
     channel axis (axis 0 before) at ``channel_position``.
     """
-    order = [i for i in range(4) if shape[i] == 1] + sorted(
-        (i for i in range(4) if shape[i] > 1), key=lambda i: -abs(strides_per_operand[0][i])
-    )
+    order = _memory_order(shape, strides_per_operand[0])
     new_shape = tuple(shape[i] for i in order) + (shape[4],)
     new_strides = [tuple(s[i] for i in order) + (s[4],) for s in strides_per_operand]
     return new_shape, new_strides, order.index(0)

@@ -125,6 +125,19 @@ def check_channel_axis(value):
     return int(value)
 
 
+#: The activations a fused forward applies.
+ACTIVATIONS = (None, "relu")
+
+
+def check_activation(value):
+    """None or the name of an activation from :data:`ACTIVATIONS`."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"expected activation to be None or a str, got {describe_type(value)}")
+    if value not in ACTIVATIONS:
+        raise ValueError(f"expected activation to be one of {list(ACTIVATIONS)}, got {value!r}")
+    return value
+
+
 def check_parameter_dtype(value):
     try:
         dtype = np.dtype(value)

@@ -13,9 +13,11 @@ from ._dtypes import compute_dtype
 from ._typing import Array
 from ._validation import (
     channel_count,
+    check_activation,
     check_bool,
     check_channel_axis,
     check_float_dtype,
+    check_like,
     check_output,
     check_real,
     check_values_per_channel,
@@ -119,6 +121,8 @@ def batch_norm(
     eps: float = 1e-5,
     *,
     channel_axis: int = 1,
+    activation: str | None = None,
+    residual: Array | None = None,
     out: Array | None = None,
 ) -> Array:
     """Batch normalisation with ``torch.nn.functional.batch_norm``'s contract.
@@ -129,7 +133,8 @@ def batch_norm(
     batch``, with the unbiased variance for ``running_var`` (an empty batch
     leaves them unchanged). With ``training=False`` the running buffers
     normalise ``x``. Then ``weight`` scales and ``bias`` shifts each channel,
-    when given.
+    when given, ``residual`` is added and ``activation`` applied, all in one
+    pass over memory: ``activation(batch_norm(x) + residual)``.
 
     Parameters
     ----------
@@ -156,10 +161,15 @@ def batch_norm(
     channel_axis : {1, -1}, default 1
         Keyword-only. 1 for channels-first ``(N, C, ...)``, -1 for
         channels-last ``(N, ..., C)`` (read without a transposed copy).
+    activation : {None, "relu"}, default None
+        Keyword-only. Applied last, fused into the same pass.
+    residual : numpy.ndarray or DeviceArray or None, default None
+        Keyword-only. Added before the activation: ``x``'s shape and dtype
+        on ``x``'s device, any strides and byte order.
     out : numpy.ndarray or DeviceArray or None, default None
         Keyword-only. A writeable array of ``x``'s shape and dtype on ``x``'s
-        device, any strides (``x`` itself too, for an in-place update), that
-        receives the result instead of a new array.
+        device, any strides (``x`` or ``residual`` itself too, for an
+        in-place update), that receives the result instead of a new array.
 
     Returns
     -------
@@ -171,10 +181,13 @@ def batch_norm(
     ------
     TypeError
         An array argument is not a NumPy array (CPU) or device array (GPU),
-        or has a non-float dtype; ``training`` is not a bool; ``momentum``,
-        ``eps`` or ``channel_axis`` is not a number of the right kind.
+        or has a non-float dtype; ``residual`` or ``out`` has another dtype
+        than ``x``; ``training`` is not a bool; ``momentum``, ``eps`` or
+        ``channel_axis`` is not a number of the right kind; ``activation``
+        is not None or a str.
     ValueError
-        ``x`` has fewer than 2 dimensions; a vector's shape is not ``(C,)``;
+        ``x`` has fewer than 2 dimensions; ``residual`` or ``out`` has
+        another shape; ``activation`` is not None or "relu"; a vector's shape is not ``(C,)``;
         only one of ``running_mean``/``running_var`` is given, or neither
         with ``training=False``; a running buffer to update is read-only;
         ``eps`` is negative or a number is not finite; ``channel_axis`` is
@@ -203,14 +216,18 @@ def batch_norm(
     running_mean, running_var, weight, bias, training, momentum, eps = checked_arguments(
         owner, channels, running_mean, running_var, weight, bias, training, momentum, eps
     )
+    relu = check_activation(activation) == "relu"
+    if residual is not None:
+        residual = check_like("residual", owner.as_array("residual", residual), x, "the input's")
     if out is not None:
         out = check_output(owner.as_array("out", out), x)
+    fused = dict(save=False, out=out, residual=residual, relu=relu)
     if not training:
         statistics = RunningStatistics(running_mean, running_var)
-        return owner.forward(x, axis, statistics, weight, bias, eps, save=False, out=out)[0]
+        return owner.forward(x, axis, statistics, weight, bias, eps, **fused)[0]
     check_values_per_channel(x, axis)
     statistics = owner.batch_statistics(x, axis)
-    y, _ = owner.forward(x, axis, statistics, weight, bias, eps, save=False, out=out)
+    y, _ = owner.forward(x, axis, statistics, weight, bias, eps, **fused)
     if running_mean is not None:
         owner.update_running(running_mean, running_var, statistics, momentum)
     return y

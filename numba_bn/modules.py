@@ -22,6 +22,7 @@ from ._stats import ChannelStats
 from ._state import COUNTER_KEY, IncompatibleKeys, read_state
 from ._typing import Array
 from ._validation import (
+    check_activation,
     check_bool,
     check_channel_axis,
     check_channels,
@@ -55,6 +56,7 @@ class _BatchNorm:
     dtype: np.dtype
     device: str
     channel_axis: int
+    activation: str | None
     training: bool
     weight: Array | None
     bias: Array | None
@@ -80,6 +82,7 @@ class _BatchNorm:
         dtype: DTypeLike = np.float32,
         device: str = "cpu",
         channel_axis: int = 1,
+        activation: str | None = None,
     ) -> None:
         self.num_features = check_num_features(num_features)
         self.eps = check_real("eps", eps, minimum=0.0)
@@ -91,6 +94,7 @@ class _BatchNorm:
         self._backend = backend(device)
         self.device = device
         self.channel_axis = check_channel_axis(channel_axis)
+        self.activation = check_activation(activation)
         self.training = True
 
         new = self._backend.from_host
@@ -109,13 +113,15 @@ class _BatchNorm:
 
     # ------------------------------------------------------------ forward
 
-    def __call__(self, x: Array, *, out: Array | None = None) -> Array:
+    def __call__(self, x: Array, residual: Array | None = None, *, out: Array | None = None) -> Array:
         """Normalise ``x``: the same as :meth:`forward`.
 
         Parameters
         ----------
         x : numpy.ndarray or DeviceArray
             The input batch; see :meth:`forward`.
+        residual : numpy.ndarray or DeviceArray or None, default None
+            Added to the normalised batch before the activation; see :meth:`forward`.
         out : numpy.ndarray or DeviceArray or None, default None
             Keyword-only. Where to write the result; see :meth:`forward`.
 
@@ -124,9 +130,9 @@ class _BatchNorm:
         numpy.ndarray or DeviceArray
             The normalised batch; see :meth:`forward`.
         """
-        return self.forward(x, out=out)
+        return self.forward(x, residual, out=out)
 
-    def forward(self, x: Array, *, out: Array | None = None) -> Array:
+    def forward(self, x: Array, residual: Array | None = None, *, out: Array | None = None) -> Array:
         """Normalise ``x``; in training mode also update the running buffers.
 
         In training mode, or whenever ``track_running_stats=False``, ``x`` is
@@ -137,8 +143,11 @@ class _BatchNorm:
         factor ``momentum`` (``1 / num_batches_tracked`` when ``momentum`` is
         None). In evaluation mode with tracked statistics the running buffers
         normalise ``x`` and nothing is updated. Then ``weight`` scales and
-        ``bias`` shifts each channel, when they exist. The input is kept by
-        reference for :meth:`backward`, except inside
+        ``bias`` shifts each channel, when they exist. Then ``residual`` is
+        added and the module's ``activation`` applied, in the same pass over
+        memory: the result is ``activation(batchnorm(x) + residual)``. The
+        input is kept by reference for :meth:`backward` (and, with a ReLU, one
+        bit per value: where the result is not <= 0), except inside
         :class:`numba_bn.no_grad` (inference), where nothing is kept.
 
         Parameters
@@ -150,11 +159,16 @@ class _BatchNorm:
             a float32 module). On ``device="cpu"`` a NumPy array, on
             ``device="cuda"`` a ``numba.cuda`` device array or any object
             with ``__cuda_array_interface__`` (read without a copy).
+        residual : numpy.ndarray or DeviceArray or None, default None
+            Added to the normalised batch before the activation (a ResNet
+            block's shortcut): ``x``'s shape and dtype, on the module's
+            device, any strides and byte order. :meth:`backward` then also
+            returns its gradient.
         out : numpy.ndarray or DeviceArray or None, default None
             Keyword-only. A writeable array of ``x``'s shape and dtype, on
-            the module's device, any strides (``x`` itself too), that
-            receives the result instead of a new array. After a forward
-            that wrote over its own input, :meth:`backward` raises.
+            the module's device, any strides (``x`` or ``residual`` itself
+            too), that receives the result instead of a new array. After a
+            forward that wrote over its own input, :meth:`backward` raises.
 
         Returns
         -------
@@ -166,10 +180,12 @@ class _BatchNorm:
         Raises
         ------
         TypeError
-            ``x`` is not an array of the module's device (e.g. a list, or a
-            device array given to a CPU module), or has another dtype.
+            ``x`` or ``residual`` is not an array of the module's device (e.g.
+            a list, or a device array given to a CPU module), or has another
+            dtype.
         ValueError
-            ``x`` has the wrong rank or channel count, or a single value per
+            ``residual`` has another shape than ``x``; ``x`` has the wrong
+            rank or channel count, or a single value per
             channel while batch statistics are needed (PyTorch's check);
             or a parameter or buffer reassigned by the user has the wrong
             shape or is read-only while it must be updated. The matching
@@ -183,11 +199,12 @@ class _BatchNorm:
         The statistics are accumulated in float64 whatever the dtype.
         """
         backend = self._backend
-        x, axis, statistics, out = self._normalizing_statistics(x, out)
+        x, axis, statistics, out, residual = self._normalizing_statistics(x, out, residual)
         save = is_grad_enabled()
         overwrites_input = out is not None and backend.shares_memory(out, x)  # then no backward can read it
         y, saved = backend.forward(
-            x, axis, statistics, self.weight, self.bias, self.eps, save=save and not overwrites_input, out=out
+            x, axis, statistics, self.weight, self.bias, self.eps, save=save and not overwrites_input, out=out,
+            residual=residual, relu=self.activation == "relu",
         )
         if self.training and self.track_running_stats:
             count = self.num_batches_tracked + 1  # type: ignore[operator]  # an int while tracking
@@ -201,26 +218,29 @@ class _BatchNorm:
             self._saved = _INPUT_OVERWRITTEN if overwrites_input else saved
         return y
 
-    def _checked_forward_input(self, x, out):
-        """``(x, axis, out)``: the input checked (as the backend reads it), its channel axis and the
-        checked ``out`` (or None), with the parameters and buffers re-checked, or an exception."""
+    def _checked_forward_input(self, x, out, residual):
+        """``(x, axis, out, residual)``: the input checked (as the backend reads it), its channel axis,
+        the checked ``out`` and ``residual`` (or None), with the parameters and buffers re-checked, or
+        an exception."""
         x = self._check_input(x)
+        if residual is not None:
+            residual = check_like("residual", self._backend.as_array("residual", residual), x, "the input's")
         if out is not None:
             out = check_output(self._backend.as_array("out", out), x)
         self._check_state(writeable_buffers=self.training and self.track_running_stats)
-        return x, self.channel_axis % x.ndim, out
+        return x, self.channel_axis % x.ndim, out, residual
 
-    def _normalizing_statistics(self, x, out):
-        """``(x, axis, statistics, out)``: the checked input, what normalises it (batch or running
-        statistics) and the checked ``out``."""
-        x, axis, out = self._checked_forward_input(x, out)
+    def _normalizing_statistics(self, x, out, residual):
+        """``(x, axis, statistics, out, residual)``: the checked input, what normalises it (batch or
+        running statistics), the checked ``out`` and ``residual``."""
+        x, axis, out, residual = self._checked_forward_input(x, out, residual)
         if self.training or not self.track_running_stats:
             check_values_per_channel(x, axis)
-            return x, axis, self._backend.batch_statistics(x, axis), out
-        return x, axis, RunningStatistics(self.running_mean, self.running_var), out
+            return x, axis, self._backend.batch_statistics(x, axis), out, residual
+        return x, axis, RunningStatistics(self.running_mean, self.running_var), out, residual
 
-    def backward(self, grad_output: Array) -> Array:
-        """Gradient of the loss w.r.t. the input of the most recent forward.
+    def backward(self, grad_output: Array) -> Array | tuple[Array, Array]:
+        """Gradient of the loss w.r.t. the input of the most recent forward (and its residual).
 
         Also sets ``grad_weight`` and ``grad_bias`` (overwriting them, not
         accumulating) when the module is affine; ``grad_bias`` stays None
@@ -229,7 +249,9 @@ class _BatchNorm:
         as in PyTorch; after an eval-mode forward that used the running
         statistics they are treated as constants. The parameters used are
         those of the forward (its ``weight`` is remembered), and backward may
-        be called again for another ``grad_output``.
+        be called again for another ``grad_output``. Through a ReLU the
+        gradient is 0 where ``batchnorm(x) + residual`` was 0 or negative,
+        as in PyTorch (whose ReLU also lets it through where that is NaN).
 
         Parameters
         ----------
@@ -239,9 +261,10 @@ class _BatchNorm:
 
         Returns
         -------
-        numpy.ndarray or DeviceArray
+        numpy.ndarray or DeviceArray, or a tuple of two
             ``grad_input``, a new C-contiguous array of the forward input's
-            shape and dtype, on the module's device.
+            shape and dtype, on the module's device; after a forward with a
+            ``residual``, the tuple ``(grad_input, grad_residual)``, both so.
 
         Raises
         ------
@@ -290,10 +313,12 @@ class _BatchNorm:
         return self.dtype if self.affine else None
 
     def _store_gradients(self, grads):
-        """Keep the parameters' gradients; returns ``grad_input``."""
+        """Keep the parameters' gradients; returns ``grad_input`` (and ``grad_residual`` when there is one)."""
         if self.affine:
             self.grad_weight = grads.grad_weight
             self.grad_bias = grads.grad_bias if self._use_bias else None
+        if grads.grad_residual is not None:
+            return grads.grad_input, grads.grad_residual
         return grads.grad_input
 
     def _check_input(self, x):
@@ -608,8 +633,9 @@ class _BatchNorm:
     def extra_repr(self) -> str:
         """The constructor arguments shown inside ``repr(self)``, in PyTorch's form.
 
-        ``bias`` is always shown (PyTorch's repr omits it); ``channel_axis``
-        and ``dtype`` only when they are not the defaults (1 and float32).
+        ``bias`` is always shown (PyTorch's repr omits it); ``channel_axis``,
+        ``dtype`` and ``activation`` only when they are not the defaults (1,
+        float32 and None).
 
         Returns
         -------
@@ -626,6 +652,8 @@ class _BatchNorm:
             text += f", channel_axis={self.channel_axis}"
         if self.dtype != np.float32:
             text += f", dtype={self.dtype}"
+        if self.activation is not None:
+            text += f", activation={self.activation!r}"
         return text
 
     def __repr__(self) -> str:
@@ -652,6 +680,7 @@ class _BatchNorm:
         for name in self._ARRAY_NAMES:
             if state[name] is not None:
                 state[name] = target.from_host(state[name], state[name].dtype)
+        state.setdefault("activation", None)  # pickled before activations existed
         self.__dict__.update(state, _backend=target, _saved=None)
 
 
@@ -691,6 +720,10 @@ _SHARED_CLASS_DOC = """
         Keyword-only. The axis of the channels: 1 for channels-first input
         (PyTorch's layout), -1 for channels-last (Keras/TensorFlow's), which
         is read as it is, without a transposed copy.
+    activation : {None, "relu"}, default None
+        Keyword-only. Applied after the normalisation (and the ``residual``
+        of :meth:`forward`), in the same pass: ``"relu"`` fuses the ReLU
+        that usually follows, forward and backward.
 
     Attributes
     ----------
@@ -710,7 +743,7 @@ _SHARED_CLASS_DOC = """
         :meth:`backward`; None before it, and when the parameter does not exist.
     training : bool
         True (training mode) after construction; see :meth:`train`, :meth:`eval`.
-    num_features, eps, momentum, affine, track_running_stats, channel_axis, device
+    num_features, eps, momentum, affine, track_running_stats, channel_axis, activation, device
         The constructor's arguments, checked (``device`` follows :meth:`to`).
     dtype : numpy.dtype
         The ``dtype`` argument as a ``numpy.dtype``.
@@ -719,12 +752,13 @@ _SHARED_CLASS_DOC = """
     ------
     TypeError
         An argument of the wrong type (e.g. a float ``num_features``, a
-        non-bool flag, a non-str ``device``), or a ``dtype`` other than
+        non-bool flag, a non-str ``device`` or ``activation``), or a ``dtype`` other than
         float32 or float64.
     ValueError
         An argument out of range (``num_features`` < 1, negative or infinite
         ``eps``, ``momentum`` outside [0, 1], ``channel_axis`` other than 1
-        or -1, a device other than "cpu" and "cuda"), or ``device="cuda"``
+        or -1, a device other than "cpu" and "cuda", an activation other
+        than None and "relu"), or ``device="cuda"``
         without a usable CUDA device.
 
     Notes

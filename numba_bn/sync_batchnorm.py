@@ -42,7 +42,7 @@ class SyncBatchNorm(_BatchNorm):
 
     Parameters
     ----------
-    num_features, eps, momentum, affine, track_running_stats, bias, dtype, device, channel_axis
+    num_features, eps, momentum, affine, track_running_stats, bias, dtype, device, channel_axis, activation
         As for :class:`numba_bn.BatchNorm2d`. Input may have any rank of 2
         or more: ``(N, C, *)``, or ``(N, *, C)`` with ``channel_axis=-1``.
     comm : mpi4py.MPI.Comm or None, default None
@@ -100,12 +100,13 @@ class SyncBatchNorm(_BatchNorm):
         dtype: DTypeLike = np.float32,
         device: str = "cpu",
         channel_axis: int = 1,
+        activation: str | None = None,
         comm: Any = None,
     ) -> None:
         exchange = RankExchange(comm)  # first: no module without its communicator
         super().__init__(
             num_features, eps, momentum, affine, track_running_stats,
-            bias=bias, dtype=dtype, device=device, channel_axis=channel_axis,
+            bias=bias, dtype=dtype, device=device, channel_axis=channel_axis, activation=activation,
         )
         self._exchange = exchange
         self._synced_forward = False
@@ -139,7 +140,7 @@ class SyncBatchNorm(_BatchNorm):
         sync = cls(
             module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
             bias=module._use_bias, dtype=module.dtype, device=module.device,
-            channel_axis=module.channel_axis, comm=comm,
+            channel_axis=module.channel_axis, activation=module.activation, comm=comm,
         )
         for name in module._ARRAY_NAMES:
             setattr(sync, name, getattr(module, name))
@@ -154,7 +155,7 @@ class SyncBatchNorm(_BatchNorm):
 
     # ------------------------------------------------------------ forward
 
-    def forward(self, x: Array, *, out: Array | None = None) -> Array:
+    def forward(self, x: Array, residual: Array | None = None, *, out: Array | None = None) -> Array:
         """Normalise this process's share ``x`` of the batch; see the class docstring.
 
         In training mode every process of ``comm`` must call it too (one
@@ -166,6 +167,8 @@ class SyncBatchNorm(_BatchNorm):
         x : numpy.ndarray or DeviceArray
             This process's share: ``(N, C, *)`` (or channels-last), any
             ``N`` including 0, of the module's dtype and device.
+        residual : numpy.ndarray or DeviceArray or None, default None
+            Added before the activation, as in ``BatchNorm.forward``.
         out : numpy.ndarray or DeviceArray or None, default None
             Keyword-only. Receives the result, as in ``BatchNorm.forward``.
 
@@ -182,16 +185,16 @@ class SyncBatchNorm(_BatchNorm):
             process on every other one. Also when the whole batch has a
             single value per channel.
         """
-        y = super().forward(x, out=out)
+        y = super().forward(x, residual, out=out)
         self._synced_forward = self.training
         return y
 
-    def _normalizing_statistics(self, x, out):
+    def _normalizing_statistics(self, x, out, residual):
         if not self.training:
-            return super()._normalizing_statistics(x, out)
+            return super()._normalizing_statistics(x, out, residual)
         backend, channels = self._backend, self.num_features
         try:
-            x, axis, out = self._checked_forward_input(x, out)
+            x, axis, out, residual = self._checked_forward_input(x, out, residual)
             local = backend.batch_statistics(x, axis)
         except Exception as error:
             raise self._exchange.report_failure(2 * channels + 2, error)  # noqa: B904 (it is error, or caused by it)
@@ -212,11 +215,11 @@ class SyncBatchNorm(_BatchNorm):
                 f"got 1 value per channel over all {self._exchange.size} processes"
             )
         mean, m2 = backend.from_host(np.stack((mean, m2)), np.float64)
-        return x, axis, BatchStatistics(int(count), mean, m2), out
+        return x, axis, BatchStatistics(int(count), mean, m2), out, residual
 
     # ----------------------------------------------------------- backward
 
-    def backward(self, grad_output: Array) -> Array:
+    def backward(self, grad_output: Array) -> Array | tuple[Array, Array]:
         """This process's share of ``grad_input``; see the class docstring.
 
         After a training forward every process of ``comm`` must call it too
@@ -231,8 +234,9 @@ class SyncBatchNorm(_BatchNorm):
 
         Returns
         -------
-        numpy.ndarray or DeviceArray
-            This process's share of the input's gradient.
+        numpy.ndarray or DeviceArray, or a tuple of two
+            This process's share of the input's gradient (and, after a
+            forward with a residual, of the residual's).
 
         Raises
         ------

@@ -25,8 +25,8 @@ import re
 import sys
 from pathlib import Path
 
+from numba_bn.bench.cases import OPERATIONS
 from numba_bn.bench.report import (
-    MIN_COPIES,
     footnote,
     format_seconds,
     MissingDependencyError,
@@ -34,6 +34,7 @@ from numba_bn.bench.report import (
     results_from_pytest_benchmark,
     save_plot,
     startup_from_pytest_benchmark,
+    traffic_text,
 )
 
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
@@ -53,8 +54,19 @@ def startup_table(figures: dict) -> str:
     return "\n".join(lines)
 
 
+#: What the rows of the second table time, said under it.
+EXTRA_ROWS_LEGEND = (
+    "*add_relu*: `relu(bn(x) + z)`, the end of a ResNet block: numba_bn's `bn(x, residual=z)` with "
+    "`activation=\"relu\"` (backward: `bn.backward(dy)`, which returns the gradients of x and z); PyTorch's "
+    "`F.batch_norm` followed by in-place `add_(z).relu_()` (its fastest eager form here), and autograd's "
+    "backward of `torch.relu(F.batch_norm(x, ...) + z)`. *eval_out*: into a preallocated output, numba_bn's "
+    "`bn(x, out=y)` (with `residual=z`: PyTorch's `native_batch_norm.out` into a preallocated tensor, then "
+    "`add_`/`relu_`; without: `F.batch_norm`). NumPy has no fused form and is left out."
+)
+
+
 def render(data: dict) -> str:
-    """The Markdown block: ratio table, start-up table and footnote."""
+    """The Markdown block: ratio tables (plain operations, then fused and out=), start-up table and footnote."""
     results = results_from_pytest_benchmark(data)
     if not results:
         raise ValueError("no benchmark of benchmarks/test_bench_cpu.py in this file")
@@ -62,10 +74,11 @@ def render(data: dict) -> str:
     if machine is None:
         raise ValueError("the file lacks machine_info.numba_bn: was it written by benchmarks/ (its conftest)?")
     command = data.get("command", "python -m pytest benchmarks --benchmark-enable")
-    traffic = ", ".join(f"{name.replace('_', ' ')} {copies:g}" for name, copies in MIN_COPIES.items())
-    parts = [
-        markdown_table(results),
-        "",
+    plain = [result for result in results if result.case.operation in OPERATIONS]
+    extra = [result for result in results if result.case.operation not in OPERATIONS]
+    traffic = traffic_text(result.case.operation for result in results)
+    parts = [markdown_table(plain), ""] if plain else []
+    parts += [
         "*vs X*: X's time / numba_bn's time (above 1: numba_bn is faster). *% of copy*: numba_bn's "
         "memory bandwidth over that of a parallel copy of an array of the input's size (same threads), "
         "counting for numba_bn the least traffic of its operation, in copies of the input: "
@@ -74,6 +87,8 @@ def render(data: dict) -> str:
            " (`python scripts/bench_table.py RUN1.json RUN2.json ...`)."
            if len(data.get("merged_from", ())) > 1 else ""),
     ]
+    if extra:
+        parts += ["", markdown_table(extra), "", EXTRA_ROWS_LEGEND]
     startup = startup_table(startup_from_pytest_benchmark(data))
     if startup:
         parts += ["", startup]

@@ -161,6 +161,15 @@ def exercise_cuda_backend(rng):
                     bn.eval()
                     bn(x)
                     bn.backward(dy)
+                # The fused passes: ReLU with and without a residual, train and eval, forward and backward.
+                relu = cls(channels, dtype=module_dtype, device="cuda", channel_axis=channel_axis, activation="relu")
+                for residual in (None, dy):
+                    relu.train()
+                    relu(x, residual)
+                    relu.backward(dy)
+                    relu.eval()
+                    relu(x, residual)
+                    relu.backward(dy)
             x = rng.standard_normal(data_shape).astype(np.float32)
             nbn.batch_stats(cuda.to_device(x), channel_axis=channel_axis)
             for buffer_dtype in (np.float16, np.float32, np.float64):
@@ -184,6 +193,14 @@ def exercise_cuda_backend(rng):
     bn(flipped, out=cuda.to_device(np.zeros((4, 3, 5), np.float32))[:, :, ::-1])
     bn(square, out=square)
     bn(square, out=square.T)
+    # A fused forward into a reversed output (its mask follows the input's order) and a residual
+    # without a ReLU (its gradient is a copy of dy).
+    fused = nbn.BatchNorm1d(3, device="cuda", activation="relu")
+    fused(flipped, flipped, out=cuda.to_device(np.zeros((4, 3, 5), np.float32))[:, :, ::-1])
+    fused.backward(flipped)
+    plain = nbn.BatchNorm1d(3, device="cuda")
+    plain(flipped, flipped)
+    plain.backward(flipped)
     # SyncBatchNorm's backward path (the totals staged through the host), on a share and on an empty share,
     # with one process's totals standing for the whole batch's.
     from numba_bn.cuda.backend import CUDA

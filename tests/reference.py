@@ -154,3 +154,67 @@ class RefBatchNorm:
             self.grad_weight = dw
             self.grad_bias = db if self.bias is not None else None
         return dx
+
+
+# ------------------------------------------- fused activation and residual
+
+
+def ref_relu_mask(pre):
+    """Where the ReLU passes its gradient: ``not pre <= 0``, as PyTorch's ReLU backward decides
+    (ties at exactly 0 give False, NaN gives True)."""
+    with np.errstate(invalid="ignore"):
+        return ~(np.asarray(pre) <= 0)
+
+
+def ref_relu(pre):
+    """``max(pre, 0)`` with NaN kept as NaN (``torch.relu(nan)`` is NaN)."""
+    pre = np.asarray(pre, dtype=np.float64)
+    return np.where(ref_relu_mask(pre), pre, 0.0)
+
+
+def ref_fused_pre_activation(x, mean, var, weight, bias, eps, channel_axis, residual=None):
+    """``bn(x) + residual``: what the ReLU receives (``residual`` may be None)."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        y = ref_forward(x, mean, var, weight, bias, eps, channel_axis)
+        return y if residual is None else y + _f64(residual)
+
+
+def ref_fused_forward(x, mean, var, weight, bias, eps, channel_axis, residual=None, relu=False):
+    """``relu(bn(x) + residual)`` (or without the ReLU, or without the residual) with the
+    normalising statistics ``mean``/``var`` (batch or running ones)."""
+    pre = ref_fused_pre_activation(x, mean, var, weight, bias, eps, channel_axis, residual)
+    return ref_relu(pre) if relu else pre
+
+
+def _through_activation(pre, dy, residual, relu):
+    """``(gradient reaching bn(x), grad_residual or None)``: ``dy`` masked by the ReLU, if any."""
+    dy = _f64(dy)
+    g = np.where(ref_relu_mask(pre), dy, 0.0) if relu else dy.copy()
+    return g, (None if residual is None else g.copy())
+
+
+def ref_fused_backward_train(x, dy, weight, eps, channel_axis, residual=None, relu=False, *, bias=None):
+    """``(grad_input, grad_residual or None, grad_weight, grad_bias)`` of ``relu(bn(x) + residual)``
+    after a forward with the batch's own statistics.
+
+    The ReLU's mask is recomputed here in float64 from the batch statistics
+    (``bias`` is needed for it; None means 0); then the plain batch-norm
+    backward runs on the masked gradient.
+    """
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        mean, var, _ = ref_batch_stats(x, channel_axis)
+        pre = ref_fused_pre_activation(x, mean, var, weight, bias, eps, channel_axis, residual)
+        g, grad_residual = _through_activation(pre, dy, residual, relu)
+        dx, dw, db = ref_backward_train(x, g, weight, eps, channel_axis)
+    return dx, grad_residual, dw, db
+
+
+def ref_fused_backward_eval(x, dy, running_mean, running_var, weight, eps, channel_axis, residual=None,
+                            relu=False, *, bias=None):
+    """``(grad_input, grad_residual or None, grad_weight, grad_bias)`` of ``relu(bn(x) + residual)``
+    after a forward with the (constant) running statistics."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        pre = ref_fused_pre_activation(x, running_mean, running_var, weight, bias, eps, channel_axis, residual)
+        g, grad_residual = _through_activation(pre, dy, residual, relu)
+        dx, dw, db = ref_backward_eval(x, g, running_mean, running_var, weight, eps, channel_axis)
+    return dx, grad_residual, dw, db

@@ -48,13 +48,23 @@ def run_all_operations(x, channel_axis):
     rng = np.random.default_rng(1)
     coefficients = rng.standard_normal((4, channels)).astype(compute)
     count, mean, m2 = cpu_backend.channel_stats(x, axis)
+    # The fused passes: a residual add and a ReLU whose mask (one bit per value, written by parts
+    # that must start on whole bytes) gates the backward's passes.
+    mask = np.empty((x.size + 7) // 8, np.uint8)
+    fused = cpu_backend.normalize(x, axis, coefficients, residual=dy, relu=True, mask=mask)
+    gated_input, passed = cpu_backend.grad_input(x, dy, axis, coefficients, mask, grad_residual=True)
     return {
         "count": np.array(count),
         "mean": mean,
         "m2": m2,
         "normalize": cpu_backend.normalize(x, axis, coefficients),
         "grad_sums": np.stack(cpu_backend.grad_sums(x, dy, axis, mean)),
-        "grad_input": cpu_backend.grad_input(x, dy, axis, coefficients),
+        "grad_input": cpu_backend.grad_input(x, dy, axis, coefficients)[0],
+        "fused": fused,
+        "mask": np.unpackbits(mask, bitorder="little")[: x.size],
+        "gated_sums": np.stack(cpu_backend.grad_sums(x, dy, axis, mean, mask)),
+        "gated_input": gated_input,
+        "passed": passed,
     }
 
 

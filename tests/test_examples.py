@@ -46,6 +46,71 @@ def test_train_digits_rejects_bad_options():
     assert raised.value.code == 2
 
 
+def test_resnet_block_trains_folds_and_matches_torch(capsys):
+    pytest.importorskip("sklearn")
+    example = load_example("resnet_block_numpy")
+    result = example.main(["--steps", "12", "--channels", "8", "--check"])
+    losses = result["losses"]
+    assert len(losses) == 12 and np.isfinite(losses).all()
+    assert losses[-3:].mean() < losses[:3].mean()
+    assert result["fold_difference"] < example.RELATIVE_TOLERANCE
+    out = capsys.readouterr().out
+    assert "folded into its convolution" in out
+    if importlib.util.find_spec("torch") is None:
+        assert result["torch_differences"] is None and "comparison with PyTorch was skipped" in out
+    else:  # losses of every step, updated weights, running statistics and evaluation logits
+        assert set(result["torch_differences"]) == {"losses", "parameters", "running_stats", "logits"}
+        assert max(result["torch_differences"].values()) < example.RELATIVE_TOLERANCE
+        assert "they agree" in out
+
+
+def test_resnet_block_without_torch_says_the_comparison_was_skipped(capsys, monkeypatch):
+    pytest.importorskip("sklearn")
+    example = load_example("resnet_block_numpy")
+    monkeypatch.setattr(example, "torch_installed", lambda: False)
+    result = example.main(["--steps", "2", "--channels", "4", "--check"])
+    assert result["torch_differences"] is None
+    assert "comparison with PyTorch was skipped" in capsys.readouterr().out
+
+
+def test_resnet_convolution_backward_matches_finite_differences():
+    """The hand-written 3x3 convolution backward, against central differences in float64."""
+    example = load_example("resnet_block_numpy")
+    rng = np.random.default_rng(1)
+    conv = example.Conv3x3(rng.standard_normal((3, 2, 3, 3)))
+    x = rng.standard_normal((2, 2, 4, 5))
+    probe = rng.standard_normal((2, 3, 4, 5))  # the loss is sum(probe * conv(x))
+    conv.forward(x)
+    grad_x = conv.backward(probe)
+    step = 1e-6
+    for index in [(0, 0, 0, 0), (1, 1, 3, 4), (0, 1, 2, 2)]:
+        shifted = x.copy()
+        shifted[index] += step
+        plus = (probe * conv.forward(shifted)).sum()
+        shifted[index] -= 2 * step
+        minus = (probe * conv.forward(shifted)).sum()
+        assert (plus - minus) / (2 * step) == pytest.approx(grad_x[index], rel=1e-6, abs=1e-8)
+    conv.forward(x)
+    conv.backward(probe)
+    for index in [(0, 0, 0, 0), (2, 1, 1, 2)]:
+        weight = conv.weight.copy()
+        conv.weight[index] += step
+        plus = (probe * conv.forward(x)).sum()
+        conv.weight[index] -= 2 * step
+        minus = (probe * conv.forward(x)).sum()
+        conv.weight[...] = weight
+        conv.forward(x)
+        conv.backward(probe)
+        assert (plus - minus) / (2 * step) == pytest.approx(conv.grad_weight[index], rel=1e-6, abs=1e-8)
+
+
+def test_resnet_block_rejects_bad_options():
+    example = load_example("resnet_block_numpy")
+    with pytest.raises(SystemExit) as raised:
+        example.main(["--batch-size", "1"])
+    assert raised.value.code == 2
+
+
 def test_pytorch_inference_with_shipped_file(capsys):
     example = load_example("pytorch_inference")
     difference = example.main(["--no-torch"])

@@ -221,10 +221,12 @@ def test_no_allocation_made_by_numba_bn_outlives_its_call(one_thread):
     """Allocations made in numba_bn's code (NumPy's and the kernels' alike) are all freed.
 
     Only the package's own lines count. NumPy keeps freed small blocks (array
-    dimensions and strides) in a bounded cache of its own, which tracemalloc
-    still sees as allocated: it fills over the first few thousand calls and
-    its growth then fades, so the check compares a window of calls after a
-    traced warm-up window, and allows less than one byte per call.
+    dimensions and strides), and Python freed tuples, in bounded caches of
+    their own, which tracemalloc still sees as allocated: they fill in bursts
+    over the first thousand or so steps, at moments that vary from run to
+    run. A leak grows in every window of calls instead, so the check takes
+    consecutive windows after a traced warm-up and requires one of them to
+    keep less than one byte per call.
     """
     modules, inputs = _leak_fixture()
     for _ in range(50):
@@ -235,18 +237,22 @@ def test_no_allocation_made_by_numba_bn_outlives_its_call(one_thread):
         gc.collect()
         return sum(t.size for t in tracemalloc.take_snapshot().filter_traces(ours).traces)
 
+    growth = []
     tracemalloc.start(1)
     try:
-        for _ in range(200):  # warm-up window, traced: NumPy's block cache fills here
+        for _ in range(400):  # warm-up window, traced: the caches start filling here
             _small_steps(modules, inputs)
         before = traced_in_package()
-        for _ in range(200):
-            _small_steps(modules, inputs)
-        after = traced_in_package()
+        for _ in range(4):
+            for _ in range(200):
+                _small_steps(modules, inputs)
+            after = traced_in_package()
+            growth.append(after - before)
+            before = after
     finally:
         tracemalloc.stop()
     calls = 200 * _CALLS_PER_STEP
-    assert after - before < calls, f"{after - before} bytes kept over {calls} calls"
+    assert min(growth) < calls, f"{growth} bytes kept over windows of {calls} calls"
 
 
 # ---------------------------------------------- input modified before backward

@@ -14,8 +14,21 @@ from typing import Iterable, Sequence
 import numpy as np
 
 #: Training-mode forward (statistics, normalisation, running-buffer update),
-#: evaluation-mode forward, and the backward of a training-mode forward.
+#: evaluation-mode forward, and the backward of a training-mode forward: the
+#: plain BatchNorm operations, which every implementation runs.
 OPERATIONS: tuple[str, ...] = ("train_forward", "eval_forward", "train_backward")
+
+#: BatchNorm fused with a residual add and a ReLU, ``y = relu(bn(x) + z)``, the
+#: end of a ResNet basic block: the training forward, its backward (gradients of
+#: x, z, weight and bias) and the evaluation forward into a preallocated output.
+FUSED_OPERATIONS: tuple[str, ...] = ("train_forward_add_relu", "train_backward_add_relu", "eval_out_add_relu")
+#: The plain evaluation forward into a preallocated output (``out=``).
+EVAL_OUT = "eval_out"
+#: Operations that only some implementations run (numba_bn, PyTorch and the roofline; not NumPy).
+EXTRA_OPERATIONS: tuple[str, ...] = FUSED_OPERATIONS + (EVAL_OUT,)
+ALL_OPERATIONS: tuple[str, ...] = OPERATIONS + EXTRA_OPERATIONS
+#: Operations whose data has a residual ``z`` of the input's shape.
+RESIDUAL_OPERATIONS: tuple[str, ...] = FUSED_OPERATIONS
 
 CHANNELS_FIRST = "channels_first"
 CHANNELS_LAST = "channels_last"
@@ -34,6 +47,9 @@ DEFAULT_SHAPES: tuple[tuple[int, ...], ...] = (
     (100000, 32),
     (64, 128),
 )
+
+#: The shapes of the fused rows: a ResNet's first and third stage activations.
+FUSED_SHAPES: tuple[tuple[int, ...], ...] = ((32, 64, 56, 56), (64, 256, 14, 14))
 
 #: A seconds-long subset for ``--quick``: one image shape, one matrix, the tiny one.
 QUICK_SHAPES: tuple[tuple[int, ...], ...] = ((64, 256, 14, 14), (4096, 1024), (64, 128))
@@ -54,8 +70,8 @@ class Case:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.operation not in OPERATIONS:
-            raise ValueError(f"expected operation in {list(OPERATIONS)}, got {self.operation!r}")
+        if self.operation not in ALL_OPERATIONS:
+            raise ValueError(f"expected operation in {list(ALL_OPERATIONS)}, got {self.operation!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"expected layout in {list(LAYOUTS)}, got {self.layout!r}")
         if self.dtype not in DTYPES:
@@ -102,7 +118,11 @@ class Case:
 
 @dataclass(frozen=True)
 class CaseData:
-    """The arrays of a case, all NumPy, in the case's storage layout."""
+    """The arrays of a case, all NumPy, in the case's storage layout.
+
+    ``residual`` is the ``z`` of ``relu(bn(x) + z)`` for the operations in
+    :data:`RESIDUAL_OPERATIONS`, None for the others.
+    """
 
     x: np.ndarray
     grad_output: np.ndarray
@@ -110,6 +130,7 @@ class CaseData:
     bias: np.ndarray
     running_mean: np.ndarray
     running_var: np.ndarray
+    residual: np.ndarray | None = None
 
 
 def format_shape(shape: Sequence[int]) -> str:
@@ -192,7 +213,7 @@ def build_cases(
     shapes : iterable of sequences of int
         Shapes in ``(N, C, ...)`` order.
     operations : iterable of str
-        A subset of :data:`OPERATIONS`.
+        A subset of :data:`ALL_OPERATIONS` (default: the plain :data:`OPERATIONS`).
     layouts : iterable of str
         A subset of :data:`LAYOUTS`; channels-last is left out for 2-D shapes,
         where it is the same as channels-first.
@@ -214,6 +235,32 @@ def build_cases(
     return cases
 
 
+def build_extra_cases(
+    shapes: Iterable[Sequence[int]] = DEFAULT_SHAPES,
+    fused_shapes: Iterable[Sequence[int]] = FUSED_SHAPES,
+    dtype: str = "float32",
+) -> list[Case]:
+    """The cases of :data:`EXTRA_OPERATIONS`: the fused operations, then ``eval_out``.
+
+    Parameters
+    ----------
+    shapes : iterable of sequences of int
+        Shapes of the plain ``eval_out`` rows, in both layouts (as
+        :func:`build_cases` lays them out).
+    fused_shapes : iterable of sequences of int
+        Shapes of the fused rows, channels-first only (the layout of
+        PyTorch's ResNets).
+    dtype : str
+        One of :data:`DTYPES`.
+
+    Returns
+    -------
+    list of Case
+    """
+    fused = build_cases(fused_shapes, FUSED_OPERATIONS, (CHANNELS_FIRST,), dtype)
+    return fused + build_cases(shapes, (EVAL_OUT,), LAYOUTS, dtype)
+
+
 def make_case_data(case: Case, seed: int = 0) -> CaseData:
     """Random input, gradient and per-channel parameters for ``case``.
 
@@ -230,8 +277,9 @@ def make_case_data(case: Case, seed: int = 0) -> CaseData:
     Returns
     -------
     CaseData
-        ``x`` and ``grad_output`` in the case's dtype and storage layout;
-        parameters and buffers in float32 for float16 data, else the data's dtype.
+        ``x``, ``grad_output`` and (for :data:`RESIDUAL_OPERATIONS`)
+        ``residual`` in the case's dtype and storage layout; parameters and
+        buffers in float32 for float16 data, else the data's dtype.
     """
     rng = np.random.default_rng(seed)
     dtype = np.dtype(case.dtype)
@@ -247,11 +295,19 @@ def make_case_data(case: Case, seed: int = 0) -> CaseData:
     def vector(low: float, high: float) -> np.ndarray:
         return rng.uniform(low, high, channels).astype(parameter_dtype)
 
+    weight, bias = vector(0.5, 1.5), vector(-0.5, 0.5)
+    running_mean, running_var = vector(-0.5, 0.5), vector(0.5, 2.0)
+    residual = None
+    if case.operation in RESIDUAL_OPERATIONS:
+        # Drawn last, so the other arrays are those of the plain operations. About
+        # half of bn(x) + z is negative, so the ReLU's mask matters.
+        residual = rng.standard_normal(shape, dtype=np.float32).astype(dtype, copy=False)
     return CaseData(
         x=x.astype(dtype, copy=False),
         grad_output=grad_output.astype(dtype, copy=False),
-        weight=vector(0.5, 1.5),
-        bias=vector(-0.5, 0.5),
-        running_mean=vector(-0.5, 0.5),
-        running_var=vector(0.5, 2.0),
+        weight=weight,
+        bias=bias,
+        running_mean=running_mean,
+        running_var=running_var,
+        residual=residual,
     )

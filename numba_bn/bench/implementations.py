@@ -9,6 +9,11 @@ region (converting arrays, running the forward that a backward needs) and
 returns a :class:`Prepared`: ``run()`` is what gets timed, and
 ``collect(run())`` turns its result into NumPy arrays in the case's storage
 layout (``{}`` for the copy roofline, which computes nothing to check).
+
+Every implementation runs the plain operations (:data:`~.cases.OPERATIONS`);
+the fused BatchNorm + residual add + ReLU and the ``out=`` operations
+(:data:`~.cases.EXTRA_OPERATIONS`) are run by those that list them in
+:attr:`Implementation.operations`: numba_bn, PyTorch and the roofline on the CPU.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 import numba_bn as nbn
 
 from .. import _backend
-from .cases import CHANNELS_LAST, Case, CaseData
+from .cases import ALL_OPERATIONS, CHANNELS_LAST, FUSED_OPERATIONS, OPERATIONS, Case, CaseData
 
 EPS = 1e-5
 MOMENTUM = 0.1
@@ -33,6 +38,10 @@ OUTPUTS: Mapping[str, tuple[str, ...]] = {
     "train_forward": ("y", "running_mean", "running_var"),
     "eval_forward": ("y",),
     "train_backward": ("grad_input", "grad_weight", "grad_bias"),
+    "train_forward_add_relu": ("y", "running_mean", "running_var"),
+    "train_backward_add_relu": ("grad_input", "grad_residual", "grad_weight", "grad_bias"),
+    "eval_out_add_relu": ("y",),
+    "eval_out": ("y",),
 }
 
 #: The implementation the others are compared with.
@@ -63,6 +72,11 @@ class Implementation:
     usable: Callable[[], bool] = lambda: True  # a run-time check beyond the imports
     install_hint: str = ""  # how to install what ``requires`` names
     unusable_hint: str = ""  # why ``usable()`` can be False, and what to do about it
+    operations: tuple[str, ...] = OPERATIONS  # the operations ``prepare`` accepts
+
+    def supports(self, operation: str) -> bool:
+        """Whether ``prepare`` accepts cases of ``operation``."""
+        return operation in self.operations
 
     def is_available(self) -> bool:
         """Whether the modules it needs are importable and its device is usable."""
@@ -130,9 +144,10 @@ def _count(case: Case) -> int:
 
 def _prepare_numba_bn(case: Case, data: CaseData, device: str = "cpu") -> Prepared:
     """The public module API, as a user calls it."""
+    fused = case.operation in FUSED_OPERATIONS
     module = _module_class(len(case.shape))(
         case.channels, eps=EPS, momentum=MOMENTUM, dtype=data.weight.dtype,
-        device=device, channel_axis=case.channel_axis,
+        device=device, channel_axis=case.channel_axis, **({"activation": "relu"} if fused else {}),
     )
     module.load_state_dict(
         {"weight": data.weight, "bias": data.bias,
@@ -153,15 +168,42 @@ def _prepare_numba_bn(case: Case, data: CaseData, device: str = "cpu") -> Prepar
 
         def run():
             return {"y": module(x)}
-    else:
+    elif case.operation == "train_backward":
         module(x)
 
         def run():
             grad_input = module.backward(grad_output)
             return {"grad_input": grad_input, "grad_weight": module.grad_weight,
                     "grad_bias": module.grad_bias}
+    else:
+        run = _numba_bn_extra_run(case, module, x, grad_output, data.residual)
 
     return Prepared(run, _collect_host_arrays)
+
+
+def _numba_bn_extra_run(case: Case, module, x, grad_output, residual) -> Callable[[], Outputs]:
+    """The timed call of an operation of :data:`~.cases.EXTRA_OPERATIONS` (host arrays only)."""
+    if case.operation == "train_forward_add_relu":
+        def run():
+            y = module(x, residual=residual)
+            return {"y": y, "running_mean": module.running_mean, "running_var": module.running_var}
+    elif case.operation == "train_backward_add_relu":
+        module(x, residual=residual)
+
+        def run():
+            grad_input, grad_residual = module.backward(grad_output)
+            return {"grad_input": grad_input, "grad_residual": grad_residual,
+                    "grad_weight": module.grad_weight, "grad_bias": module.grad_bias}
+    else:  # eval_out_add_relu, eval_out: every call writes into the same buffer
+        module.eval()
+        out = np.empty_like(x)
+        if case.operation == "eval_out_add_relu":
+            def run():
+                return {"y": module(x, residual=residual, out=out)}
+        else:
+            def run():
+                return {"y": module(x, out=out)}
+    return run
 
 
 def _collect_host_arrays(result: Mapping[str, Any]) -> Outputs:
@@ -251,6 +293,14 @@ def _prepare_torch(case: Case, data: CaseData, device: str = "cpu") -> Prepared:
     running_mean, running_var = tensor(data.running_mean.copy()), tensor(data.running_var.copy())
     functional = torch.nn.functional
 
+    def collect(result):
+        return {name: host(value) for name, value in result.items()}
+
+    if case.operation not in OPERATIONS:
+        residual = None if data.residual is None else tensor(data.residual, logical=True)
+        tensors = _TorchTensors(x, grad_output, residual, weight, bias, running_mean, running_var)
+        return Prepared(_torch_extra_run(case, tensors), collect)
+
     if case.operation == "train_forward":
         def run():
             y = functional.batch_norm(x, running_mean, running_var, weight, bias,
@@ -273,14 +323,95 @@ def _prepare_torch(case: Case, data: CaseData, device: str = "cpu") -> Prepared:
             )
             return {"grad_input": grad_input, "grad_weight": grad_weight, "grad_bias": grad_bias}
 
-    def collect(result):
-        return {name: host(value) for name, value in result.items()}
-
     def run_without_grad():
         with torch.no_grad():
             return run()
 
     return Prepared(run_without_grad, collect)
+
+
+@dataclass(frozen=True)
+class _TorchTensors:
+    """A case's tensors in logical ``(N, C, ...)`` order, on the implementation's device."""
+
+    x: Any
+    grad_output: Any
+    residual: Any  # None for the operations without one
+    weight: Any
+    bias: Any
+    running_mean: Any
+    running_var: Any
+
+
+def _torch_extra_run(case: Case, t: _TorchTensors) -> Callable[[], dict[str, Any]]:
+    """PyTorch's fastest eager form of an operation of :data:`~.cases.EXTRA_OPERATIONS`.
+
+    ``torch.relu(F.batch_norm(x) + z)`` allocates two more input-sized
+    tensors than needed, which made the forwards 3x (training) to 10x
+    (evaluation) slower on (32, 64, 56, 56) on a 2-core machine; they
+    therefore add and clamp in place on the batch norm's output, as
+    torchvision's ResNet blocks do (``out += identity``, ``ReLU(inplace=True)``).
+    The backward differentiates the out-of-place expression (autograd's
+    graph is the same either way).
+    """
+    import torch
+
+    functional = torch.nn.functional
+    if case.operation == "train_backward_add_relu":
+        return _torch_autograd_backward(t)
+    if case.operation == "train_forward_add_relu":
+        def run():
+            y = functional.batch_norm(t.x, t.running_mean, t.running_var, t.weight, t.bias,
+                                      training=True, momentum=MOMENTUM, eps=EPS)
+            return {"y": y.add_(t.residual).relu_(), "running_mean": t.running_mean,
+                    "running_var": t.running_var}
+    elif case.operation == "eval_out_add_relu":
+        # numba_bn writes into a buffer it is given: here PyTorch does too, with the
+        # out= variant of the aten op behind F.batch_norm (it keeps the buffer's strides).
+        out = torch.empty_like(t.x)
+        # Evaluation saves no statistics; these stay empty (in the parameters' dtype, as for float16 data).
+        unused_mean, unused_invstd = t.weight.new_empty(0), t.weight.new_empty(0)
+        batch_norm_into = torch.ops.aten.native_batch_norm.out
+
+        def run():
+            batch_norm_into(t.x, t.weight, t.bias, t.running_mean, t.running_var, False, MOMENTUM, EPS,
+                            out=out, save_mean=unused_mean, save_invstd=unused_invstd)
+            return {"y": out.add_(t.residual).relu_()}
+    else:  # eval_out: F.batch_norm, which allocates its output (the out= variant timed the same here)
+        def run():
+            return {"y": functional.batch_norm(t.x, t.running_mean, t.running_var, t.weight, t.bias,
+                                               training=False, momentum=MOMENTUM, eps=EPS)}
+
+    def run_without_grad():
+        with torch.no_grad():
+            return run()
+
+    return run_without_grad
+
+
+def _torch_autograd_backward(t: _TorchTensors) -> Callable[[], dict[str, Any]]:
+    """Autograd's backward of ``relu(batch_norm(x) + z)`` (training mode), the graph built once.
+
+    The forward runs here, outside the timed region; each timed call
+    differentiates the same graph again (``retain_graph=True`` keeps what
+    the forward saved), through ReLU, the add and the batch norm.
+    """
+    import torch
+
+    leaves = tuple(tensor.detach().requires_grad_() for tensor in (t.x, t.residual, t.weight, t.bias))
+    x, residual, weight, bias = leaves
+    y = torch.relu(torch.nn.functional.batch_norm(
+        x, t.running_mean.clone(), t.running_var.clone(), weight, bias,
+        training=True, momentum=MOMENTUM, eps=EPS,
+    ) + residual)
+
+    def run():
+        grad_input, grad_residual, grad_weight, grad_bias = torch.autograd.grad(
+            y, leaves, t.grad_output, retain_graph=True)
+        return {"grad_input": grad_input, "grad_residual": grad_residual,
+                "grad_weight": grad_weight, "grad_bias": grad_bias}
+
+    return run
 
 
 def _prepare_torch_cuda(case: Case, data: CaseData) -> Prepared:
@@ -291,7 +422,11 @@ def _prepare_torch_cuda(case: Case, data: CaseData) -> Prepared:
 
 
 def _prepare_copy(case: Case, data: CaseData) -> Prepared:
-    """A parallel copy of an array of the input's size: reads and writes it once."""
+    """A parallel copy of an array of the input's size: reads and writes it once.
+
+    The same copy serves every operation; the report scales its time by the
+    operation's least traffic (``report.MIN_ARRAYS``).
+    """
     from .parallel_copy import parallel_copy
 
     x = data.x
@@ -331,12 +466,14 @@ _TORCH_CUDA_UNUSABLE = (
 IMPLEMENTATIONS: Mapping[str, Mapping[str, Implementation]] = {
     "cpu": {
         OURS: Implementation(OURS, "cpu", "numba_bn modules (Numba @njit(parallel=True) kernels)",
-                             _prepare_numba_bn),
-        "torch": Implementation("torch", "cpu", "PyTorch CPU: F.batch_norm / aten.native_batch_norm_backward",
-                                _prepare_torch, requires=("torch",), install_hint=_TORCH_CPU_INSTALL),
+                             _prepare_numba_bn, operations=ALL_OPERATIONS),
+        "torch": Implementation("torch", "cpu", "PyTorch CPU: F.batch_norm / aten.native_batch_norm_backward "
+                                "(fused: in-place add_/relu_, autograd's backward)",
+                                _prepare_torch, requires=("torch",), install_hint=_TORCH_CPU_INSTALL,
+                                operations=ALL_OPERATIONS),
         "numpy": Implementation("numpy", "cpu", "plain vectorised NumPy", _prepare_numpy),
         ROOFLINE: Implementation(ROOFLINE, "cpu", "parallel copy of an array of the input's size (roofline)",
-                                 _prepare_copy),
+                                 _prepare_copy, operations=ALL_OPERATIONS),
     },
     "cuda": {
         OURS: Implementation(OURS, "cuda", "numba_bn modules with device='cuda' (numba.cuda kernels)",

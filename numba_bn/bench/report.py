@@ -23,14 +23,26 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from .cases import OPERATIONS, Case
+from .cases import ALL_OPERATIONS, OPERATIONS, Case
 from .implementations import OURS, ROOFLINE
 from .timing import Timing, quartiles
 
-#: Least memory traffic of each operation, as copies of the input (read + write = 1 copy):
+#: Least memory traffic of each operation, in input-sized arrays read or written:
 #: eval forward reads x and writes y; train forward also reads x once for the
 #: statistics; backward reads x and dy for the sums, then x and dy and writes dx.
-MIN_COPIES: Mapping[str, float] = {"eval_forward": 1.0, "train_forward": 1.5, "train_backward": 2.5}
+#: The fused ``relu(bn(x) + z)`` adds z: its eval forward reads x and z and writes
+#: y; its train forward reads x for the statistics, then x and z, and writes y;
+#: its backward reads x and dy for the sums, then x and dy, and writes dx and
+#: dz (the gradient of the residual). Not counted: the ReLU's mask from forward
+#: to backward (1 bit per value, 1/32 of a float32 array each way), which could
+#: be recomputed from x and z instead, and O(C) vectors.
+MIN_ARRAYS: Mapping[str, int] = {
+    "eval_forward": 2, "train_forward": 3, "train_backward": 5,
+    "train_forward_add_relu": 4, "train_backward_add_relu": 6, "eval_out_add_relu": 3, "eval_out": 2,
+}
+#: The same traffic in copies of the input (a copy reads one array and writes one): the
+#: copy roofline's time scaled by this is the time of the operation's bytes at copy speed.
+MIN_COPIES: Mapping[str, float] = {operation: arrays / 2 for operation, arrays in MIN_ARRAYS.items()}
 
 PEER_LABELS: Mapping[str, str] = {"torch": "PyTorch", "numpy": "NumPy"}
 
@@ -265,6 +277,23 @@ def markdown_table(results: Sequence[CaseResult]) -> str:
     return "\n".join(lines)
 
 
+def traffic_text(operations: Iterable[str] = ()) -> str:
+    """The least traffic of each operation in copies, as ``eval forward 1, train forward 1.5, ...``.
+
+    Parameters
+    ----------
+    operations : iterable of str
+        The operations to name, in :data:`MIN_COPIES` order; none (the
+        default) names the plain three of :data:`~.cases.OPERATIONS`.
+
+    Returns
+    -------
+    str
+    """
+    named = set(operations) or set(OPERATIONS)
+    return ", ".join(f"{name.replace('_', ' ')} {copies:g}" for name, copies in MIN_COPIES.items() if name in named)
+
+
 def table_notes(results: Sequence[CaseResult], missing: Sequence[str] = ()) -> list[str]:
     """The lines printed under the terminal table: how to read it, and what is missing.
 
@@ -282,7 +311,7 @@ def table_notes(results: Sequence[CaseResult], missing: Sequence[str] = ()) -> l
         One line per note.
     """
     statistic = results[0].statistic if results else "median"
-    traffic = ", ".join(f"{name.replace('_', ' ')} {copies:g}" for name, copies in MIN_COPIES.items())
+    traffic = traffic_text(result.case.operation for result in results)
     lines = [(
         f"Times: {statistic} seconds per call over samples taken in turn with the other implementations', "
         "± half their interquartile range as % of the median. "
@@ -488,7 +517,7 @@ def results_from_pytest_benchmark(data: Mapping[str, Any], device: str = "cpu") 
         info = entry.get("extra_info", {})
         if not all(key in info for key in _CASE_KEYS) or info.get("device", "cpu") != device:
             continue  # start-up, another device, or not one of the cases
-        if info["operation"] not in OPERATIONS:
+        if info["operation"] not in ALL_OPERATIONS:
             continue
         key = (info["operation"], tuple(info["shape"]), info["layout"], info["dtype"], device)
         stats = entry["stats"]

@@ -34,7 +34,8 @@ def run_cases(
     cases : sequence of Case
     device : {"cpu", "cuda"}
     chosen : sequence of Implementation, optional
-        Default: every available implementation for ``device``.
+        Default: every available implementation for ``device``. Each case
+        runs those of them that support its operation.
     progress : ProgressBar, optional
         Shows "compiling/warming up <case>", then "timing <case>", and
         advances by one step per case.
@@ -56,7 +57,8 @@ def run_cases(
         if progress is not None:
             progress.update(f"compiling/warming up {case.name}")
         data = make_case_data(case)
-        runs = {implementation.name: implementation.prepare(case, data).run for implementation in chosen}
+        runs = {implementation.name: implementation.prepare(case, data).run for implementation in chosen
+                if implementation.supports(case.operation)}
         warm_up_runs(runs, device)
         if progress is not None:
             progress.update(f"timing {case.name}")

@@ -19,7 +19,7 @@ from .. import config
 from .._backend import BatchStatistics, Gradients, SavedForward, normalizing_terms
 from .._device_arrays import reject_device_array
 from .._dtypes import compute_dtype, native_dtype
-from .._layout import ROWS, RUNS, kernel_operands
+from .._layout import ROWS, RUNS, kernel_operands, walk_positions
 from .._validation import check_ndarray, check_vector_fields
 from . import channel_math, fingerprint, kernels
 from .thread_safety import serialize_unless_thread_safe
@@ -107,42 +107,57 @@ def channel_stats(x, channel_axis):
     """``(count, mean, m2)`` per channel: count an int, mean and M2 float64."""
     layout, shape, ((xb, xo, xs),), _ = kernel_operands(channel_axis, [_kernel_array(x)])
     kernel = _kernel("reduce", layout, x.size)
-    count, mean, m2 = kernel(xb, xo, xs, xb, xo, xs, shape, kernels.NO_REFERENCE, _split(layout, x, shape))
+    count, mean, m2 = kernel(
+        xb, xo, xs, xb, xo, xs, shape, kernels.NO_REFERENCE, kernels.NO_MASK, kernels.NO_POSITIONS,
+        _split(layout, x, shape),
+    )
     return int(count), mean, m2
 
 
-def _elementwise(x, grad_output, channel_axis, coefficients, out=None):
-    """An elementwise pass over ``x`` (and ``grad_output``, or None) into ``out``, or a new C-contiguous array.
+def _elementwise(x, second, channel_axis, coefficients, mode, out=None, out2=None, mask=kernels.NO_MASK):
+    """An elementwise pass (``kernels.elementwise_*``'s ``mode``) over ``x`` and ``second`` (or None)
+    into ``out``, or a new C-contiguous array; ``out2`` receives what a ``GATE`` pass let through.
 
     ``out`` must be native, with whole-element strides, and not overlap ``x``
-    other than being ``x`` itself (see :func:`_writes_directly`).
+    or ``second`` other than being one of them (see :func:`_writes_directly`).
     """
     x = _kernel_array(x)
     if out is None:
         out = np.empty(x.shape, _output_dtype(x))
-    inputs = [x] if grad_output is None else [x, _kernel_array(grad_output)]
-    layout, shape, operands, position = kernel_operands(channel_axis, inputs, [_kernel_array(out)], memory_order=True)
-    # The kernels read (x, dy) and write out: a one-input pass reads x twice, for free.
-    (xb, xo, xs), (gb, go, gs), (ob, oo, os) = operands[0], operands[-2], operands[-1]
+    inputs = [x] if second is None else [x, _kernel_array(second)]
+    outputs = [_kernel_array(out)] if out2 is None else [_kernel_array(out), out2]
+    layout, shape, operands, position = kernel_operands(channel_axis, inputs, outputs, memory_order=True)
+    # The kernels read (x, second) and write (out, out2): a one-input pass reads x twice, for free,
+    # and a pass without out2 gets an empty one with out's strides.
+    (xb, xo, xs), (gb, go, gs) = operands[0], operands[len(inputs) - 1]
+    (ob, oo, os), (o2b, o2o, o2s) = operands[len(inputs)], operands[-1]
+    if out2 is None:
+        o2b = ob[:0]
     kernel = _kernel("elementwise", layout, x.size)
-    gradient = grad_output is not None
     if layout == ROWS:
-        kernel(xb, xo, xs, gb, go, gs, ob, oo, os, shape, coefficients, gradient, _row_blocks(x))
+        kernel(xb, xo, xs, gb, go, gs, ob, oo, os, o2b, o2o, o2s, shape, coefficients, mode, mask, _row_blocks(x))
     else:
-        kernel(xb, xo, xs, gb, go, gs, ob, oo, os, shape, position, coefficients, gradient, _elementwise_part())
+        kernel(
+            xb, xo, xs, gb, go, gs, ob, oo, os, o2b, o2o, o2s, shape, position, coefficients, mode, mask,
+            _elementwise_part(),
+        )
     return out
 
 
 @serialize_unless_thread_safe
-def normalize(x, channel_axis, coefficients, out=None):
+def normalize(x, channel_axis, coefficients, out=None, residual=None, relu=False, mask=kernels.NO_MASK):
     """``(x - shift) * scale + offset`` per channel into ``out``, or a new C-contiguous array of
     ``x``'s dtype in native byte order.
 
-    ``coefficients`` rows: shift, scale, offset and one unused (a ``(4, C)``
-    array in the compute dtype, as ``grad_input`` takes). ``out`` as
-    :func:`_elementwise` takes it.
+    ``coefficients`` rows: shift, scale, offset and the residual's factor
+    (a ``(4, C)`` array in the compute dtype, as ``grad_input`` takes). With
+    a ``residual`` it is added (times the fourth row); with ``relu`` the
+    result is clamped at 0 and, given a ``mask`` of ``ceil(x.size / 8)``
+    bytes, each value's ``result > 0`` is recorded there for the backward.
+    ``out`` as :func:`_elementwise` takes it.
     """
-    return _elementwise(x, None, channel_axis, coefficients, out)
+    mode = (0 if residual is None else kernels.ADD) | (kernels.RELU if relu else 0)
+    return _elementwise(x, residual, channel_axis, coefficients, mode, out, mask=mask)
 
 
 def _writes_directly(out, x):
@@ -163,23 +178,34 @@ def _shares_memory(a, b):
 
 
 @serialize_unless_thread_safe
-def grad_sums(x, grad_output, channel_axis, mean):
-    """Per-channel float64 totals ``sum(dy)`` and ``sum(dy * (x - mean))``."""
+def grad_sums(x, grad_output, channel_axis, mean, mask=kernels.NO_MASK):
+    """Per-channel float64 totals ``sum(dy)`` and ``sum(dy * (x - mean))``, ``dy`` gated by a
+    forward's ReLU ``mask`` when one is given."""
     layout, shape, ((xb, xo, xs), (gb, go, gs)), _ = kernel_operands(
         channel_axis, [_kernel_array(x), _kernel_array(grad_output)]
     )
+    positions = walk_positions(layout, shape, xs) if mask.size else kernels.NO_POSITIONS
     kernel = _kernel("reduce", layout, x.size)
-    _, sum_dy, sum_dy_xmu = kernel(xb, xo, xs, gb, go, gs, shape, mean, _split(layout, x, shape))
+    _, sum_dy, sum_dy_xmu = kernel(xb, xo, xs, gb, go, gs, shape, mean, mask, positions, _split(layout, x, shape))
     return sum_dy, sum_dy_xmu
 
 
 @serialize_unless_thread_safe
-def grad_input(x, grad_output, channel_axis, coefficients):
-    """New C-contiguous ``(x - shift) * k_x + k_const + k_dy * dy``, ``x``'s dtype in native byte order.
+def grad_input(x, grad_output, channel_axis, coefficients, mask=kernels.NO_MASK, grad_residual=False, x_term=True):
+    """``(grad_input, grad_residual)``: new C-contiguous arrays of ``x``'s dtype in native byte order.
 
-    ``coefficients`` rows: shift, k_x, k_const, k_dy (``(4, C)``, compute dtype).
+    ``grad_input = (x - shift) * k_x + k_const + k_dy * dy`` (without the
+    first terms unless ``x_term``), ``coefficients`` rows shift, k_x,
+    k_const, k_dy (``(4, C)``, compute dtype). Given a forward's ReLU
+    ``mask``, ``dy`` passes only where the forward's result was not <= 0,
+    and with ``grad_residual`` what passed is the second result (else None).
     """
-    return _elementwise(x, grad_output, channel_axis, coefficients)
+    if not mask.size:
+        return _elementwise(x, grad_output, channel_axis, coefficients, kernels.ADD), None
+    passed = np.empty(x.shape, native_dtype(x)) if grad_residual else None
+    mode = kernels.ADD | kernels.GATE | (0 if x_term else kernels.NO_X)
+    out2 = None if passed is None else _kernel_array(passed)
+    return _elementwise(x, grad_output, channel_axis, coefficients, mode, out2=out2, mask=mask), passed
 
 
 # --------------------------------------------------------------- backend
@@ -231,29 +257,32 @@ class CpuBackend:
     def shares_memory(self, a, b):
         return _shares_memory(a, b)
 
-    def forward(self, x, channel_axis, statistics, weight, bias, eps, save=True, out=None):
+    def forward(self, x, channel_axis, statistics, weight, bias, eps, save=True, out=None, residual=None, relu=False):
         channels = x.shape[channel_axis]
         terms = normalizing_terms(x, channel_axis, statistics)
         # The float64 rows are snapshots for backward: the caller may change the originals.
         saved_vectors = np.empty((3, channels))
-        coefficients = np.zeros((4, channels), compute_dtype(x))  # the fourth row is unused
+        coefficients = np.zeros((4, channels), compute_dtype(x))  # the fourth row: the residual's factor
         channel_math.forward_coefficients(
             _kernel_vector(terms.mean), _kernel_vector(terms.spread), terms.divisor, float(eps),
             _kernel_vector(weight), _kernel_vector(bias), saved_vectors, coefficients,
         )
+        if residual is not None:
+            coefficients[3] = 1.0
+        mask = np.empty((x.size + 7) // 8, np.uint8) if relu and save else kernels.NO_MASK
         saved = None
         if save:
             saved_mean, invstd, saved_weight = saved_vectors
             saved = SavedForward(
                 x, channel_axis, terms.batch_stats, saved_mean, invstd, saved_weight, terms.count,
-                fingerprint.record(x),
+                fingerprint.record(x), mask if relu else None, residual is not None,
             )
         if x.size == 0:
             return (np.empty(x.shape, native_dtype(x)) if out is None else out), saved
-        if out is None or _writes_directly(out, x):
-            return normalize(x, channel_axis, coefficients, out), saved
-        # A byte-swapped or oddly strided out, or one overlapping x in another layout: via a new array.
-        out[...] = normalize(x, channel_axis, coefficients)
+        if out is None or (_writes_directly(out, x) and (residual is None or _writes_directly(out, residual))):
+            return normalize(x, channel_axis, coefficients, out, residual, relu, mask), saved
+        # A byte-swapped or oddly strided out, or one overlapping an input in another layout: via a new array.
+        out[...] = normalize(x, channel_axis, coefficients, None, residual, relu, mask)
         return out, saved
 
     def update_running(self, running_mean, running_var, statistics, factor):
@@ -278,15 +307,25 @@ class CpuBackend:
     def backward(self, saved, grad_output, weight_grad_dtype, combine_totals=None):
         x, axis = saved.x, saved.channel_axis
         channels = x.shape[axis]
+        mask = kernels.NO_MASK if saved.relu_mask is None else saved.relu_mask
+        # Without a ReLU the residual's gradient is dy itself (a copy: the caller owns dy).
+        grad_residual = None
+        if saved.residual and saved.relu_mask is None:
+            grad_residual = np.array(grad_output, dtype=native_dtype(grad_output), order="C")
         if x.size == 0 and combine_totals is None:
             zeros = None if weight_grad_dtype is None else np.zeros(channels, weight_grad_dtype)
-            return Gradients(np.empty(x.shape, native_dtype(x)), zeros, None if zeros is None else zeros.copy())
+            if saved.residual:
+                grad_residual = np.empty(x.shape, native_dtype(x))
+            return Gradients(
+                np.empty(x.shape, native_dtype(x)), zeros, None if zeros is None else zeros.copy(), grad_residual
+            )
 
         dtype = compute_dtype(x)
         sums = None  # rows: sum(dy * xhat), sum(dy)
+        passed = None  # dy where the ReLU let it through
         if saved.batch_stats:
             if x.size:
-                sum_dy, sum_dy_xmu = grad_sums(x, grad_output, axis, saved.mean)
+                sum_dy, sum_dy_xmu = grad_sums(x, grad_output, axis, saved.mean, mask)
             else:  # an empty share of a batch spread over processes
                 sum_dy, sum_dy_xmu = np.zeros((2, channels))
             sums = np.empty((2, channels))
@@ -307,20 +346,30 @@ class CpuBackend:
                     total_dy, total_dy_xmu, saved.mean, saved.invstd, saved.weight, float(saved.count),
                     np.empty((2, channels)), coefficients,
                 )
-            grad_in = grad_input(x, grad_output, axis, coefficients) if x.size else np.empty(x.shape, native_dtype(x))
+            if x.size:
+                grad_in, passed = grad_input(x, grad_output, axis, coefficients, mask, saved.residual)
+            else:
+                grad_in = np.empty(x.shape, native_dtype(x))
+                passed = grad_in.copy() if saved.residual else None
         else:
-            # The statistics were constants: dx = dy * w * invstd, one pass over dy.
+            # The statistics were constants: dx = dy * w * invstd, one pass over dy (and the mask).
             if weight_grad_dtype is not None:
-                sum_dy, sum_dy_xmu = grad_sums(x, grad_output, axis, saved.mean)
+                sum_dy, sum_dy_xmu = grad_sums(x, grad_output, axis, saved.mean, mask)
                 sums = np.empty((2, channels))
                 channel_math.weight_grads(sum_dy, sum_dy_xmu, saved.invstd, sums)
-            coefficients = np.zeros((4, channels), dtype)  # shift 0, scale k_dy, offset 0, no dy term
-            channel_math.grad_scale(saved.invstd, saved.weight, coefficients[1])
-            grad_in = normalize(grad_output, axis, coefficients)
+            coefficients = np.zeros((4, channels), dtype)
+            if mask.size:  # gated dy times k_dy (fourth row), no x term
+                channel_math.grad_scale(saved.invstd, saved.weight, coefficients[3])
+                grad_in, passed = grad_input(x, grad_output, axis, coefficients, mask, saved.residual, x_term=False)
+            else:  # shift 0, scale k_dy, offset 0
+                channel_math.grad_scale(saved.invstd, saved.weight, coefficients[1])
+                grad_in = normalize(grad_output, axis, coefficients)
+        if passed is not None:
+            grad_residual = passed
         if weight_grad_dtype is None:
-            return Gradients(grad_in, None, None)
+            return Gradients(grad_in, None, None, grad_residual)
         grad_weight, grad_bias = sums.astype(weight_grad_dtype)
-        return Gradients(grad_in, grad_weight, grad_bias)
+        return Gradients(grad_in, grad_weight, grad_bias, grad_residual)
 
     def mean_and_variance(self, statistics, dtype):
         out = np.empty((2, statistics.mean.size), dtype)

@@ -19,7 +19,13 @@ statistics (deviations from each unit's first value, a shift that makes the
 float64 sums exact enough and constant data exactly zero, merged with Chan's
 formula) or the backward's ``sum(dy)`` and ``sum(dy * (x - mean))``; and
 ``elementwise_*`` writes ``(x - k0) * k1 + k2`` per element, plus ``k3 * dy``
-for the input gradient, with per-channel coefficients ``k``. The flags are
+for the input gradient (or ``k3 * residual`` for a fused residual add), with
+per-channel coefficients ``k``, optionally through a ReLU.
+
+A fused ReLU keeps one bit per value for its backward: the forward's
+elementwise pass records ``not result <= 0`` at each value's position in its
+walk (the memory order of ``x``), and the backward's passes read the bit of
+the same position to let ``dy`` through. The flags are
 loop invariants, hoisted by LLVM (timed against the separate kernels they
 replaced: the same speed within this machine's noise).
 Helpers are inlined by Numba (``inline="always"``): as calls they cost ~10%
@@ -51,8 +57,29 @@ _SERIAL = dict(cache=True, fastmath=config.FASTMATH)
 #: whenever C allows), long enough for full-width SIMD in the tile loop.
 _TILE_VALUES = 512
 
+#: Values whose ReLU mask bits are unpacked at a time (into a byte each) by the passes that read a
+#: mask, so that their loops over the values stay branch-free and vectorise.
+_GATE_TILE = 512
+
 #: A reduction's per-channel reference when each unit takes its first value instead.
 NO_REFERENCE = np.empty(0)
+
+#: No ReLU mask: a pass that neither records nor applies one.
+NO_MASK = np.empty(0, np.uint8)
+
+#: No position strides (reductions over rows, or without a mask).
+NO_POSITIONS = (0, 0, 0, 0, 0)
+
+# What an elementwise pass computes (``mode``, a sum of these flags):
+#: add ``k3 * second`` (the gradient ``dy``, or the forward's residual);
+ADD = 1
+#: clamp at 0 (ReLU) and, when a mask is given, record ``not result <= 0`` as one bit per value;
+RELU = 2
+#: pass the second operand only where the mask's bit is set (the backward through a ReLU), and
+#: write what passed to the second output when one is given;
+GATE = 4
+#: leave out the ``(x - k0) * k1 + k2`` term (the backward through constant statistics).
+NO_X = 8
 
 
 def _copy(function, namespace, qualname):
@@ -216,6 +243,124 @@ def _sum_units(partials):
     return total
 
 
+@njit(**_SERIAL)
+def _aligned_part_start(part, total, parts, align):
+    """``_part_start`` rounded down to a multiple of ``align`` (the last part still ends at ``total``).
+
+    Parts that record a ReLU mask start on a whole byte of it, so no two
+    threads write the same byte.
+    """
+    if part >= parts:
+        return total
+    start = _part_start(part, total, parts)
+    return start - start % align
+
+
+@njit(**_SERIAL)
+def _rows_per_byte(C):
+    """Fewest whole rows of C values that fill whole bytes of a mask (8 / gcd(C, 8))."""
+    a, b = C, 8
+    while b:
+        a, b = b, a % b
+    return 8 // a
+
+
+@njit(inline="always", **_SERIAL)
+def _bit(mask, position):
+    """The mask's bit for the value at walk ``position``."""
+    return (mask[position >> 3] >> (position & 7)) & 1
+
+
+@njit(inline="always", **_SERIAL)
+def _passes(value):
+    """1 where a ReLU passes the gradient (``not value <= 0``: positive, or NaN as in PyTorch), else 0."""
+    return 0 if value <= 0 else 1
+
+
+@njit(inline="always", **_SERIAL)
+def _spread_bits(mask, position, n, keep):
+    """``keep[i]`` = the mask's bit of walk position ``position + i`` (a multiple of 8), for ``i < n``.
+
+    Eight bits at a time: the byte is copied into every byte of a word, each
+    byte keeps its own bit, and adding 0x7F carries that bit to the top.
+    """
+    words = keep.view(np.uint64)
+    first = position >> 3
+    for w in range((n + 7) >> 3):
+        byte = np.uint64(mask[first + w])
+        spread = (byte * np.uint64(0x0101010101010101)) & np.uint64(0x8040201008040201)
+        words[w] = ((spread + np.uint64(0x7F7F7F7F7F7F7F7F)) >> np.uint64(7)) & np.uint64(0x0101010101010101)
+
+
+@njit(inline="always", **_SERIAL)
+def _pack_bytes(keep, n, mask, position):
+    """The mask bytes of walk positions ``position`` (a multiple of 8) on: ``keep``'s 0/1 bytes, eight
+    at a time (a multiply gathers bit 0 of each byte of a word into its top byte)."""
+    words = keep.view(np.uint64)
+    first = position >> 3
+    for w in range(n >> 3):
+        mask[first + w] = (words[w] * np.uint64(0x0102040810204080)) >> np.uint64(56)
+
+
+@njit(inline="always", **_SERIAL)
+def _unpack_bits(mask, position, n, keep):
+    """``keep[i]`` = the mask's bit of walk position ``position + i``, for ``i < n``, a byte at a time."""
+    i = 0
+    while i < n and (position + i) & 7:
+        keep[i] = _bit(mask, position + i)
+        i += 1
+    while i + 8 <= n:
+        byte = mask[(position + i) >> 3]
+        for j in range(8):
+            keep[i + j] = (byte >> j) & 1
+        i += 8
+    while i < n:
+        keep[i] = _bit(mask, position + i)
+        i += 1
+
+
+@njit(inline="always", **_SERIAL)
+def _record_signs(out, ob, os, n, mask, position, pending, keep):
+    """Record ``not out[ob + i * os] <= 0`` (i < n) as the mask bits of walk positions ``position + i``.
+
+    The result is positive or NaN there: PyTorch's ReLU lets the gradient
+    through unless the value is <= 0, so it passes at NaN too.
+
+    Returns the bits of a byte that is still incomplete at the end (a
+    ``pending`` one is completed first); the caller flushes the last one.
+    Whole bytes are built eight values at a time.
+    """
+    i = 0
+    while i < n and (position + i) & 7:
+        pending |= _passes(load(out[ob + i * os])) << ((position + i) & 7)
+        i += 1
+        if (position + i) & 7 == 0:
+            mask[(position + i - 1) >> 3] = pending
+            pending = 0
+    while i + 8 <= n:  # whole bytes, a tile of ``keep`` at a time
+        m = min(keep.size, (n - i) & ~7)
+        if os == 1:
+            ov = out[ob + i : ob + i + m]
+            for j in range(m):
+                keep[j] = _passes(load(ov[j]))
+        else:
+            for j in range(m):
+                keep[j] = _passes(load(out[ob + (i + j) * os]))
+        _pack_bytes(keep, m, mask, position + i)
+        i += m
+    while i < n:
+        pending |= _passes(load(out[ob + i * os])) << ((position + i) & 7)
+        i += 1
+    return pending
+
+
+@njit(inline="always", **_SERIAL)
+def _flush_signs(mask, stop, pending):
+    """Write the last, incomplete byte of a part that ends at walk position ``stop``."""
+    if stop & 7:
+        mask[stop >> 3] = pending
+
+
 # ------------------------------------------------------------ reductions
 # One walk serves both reductions: with ``deviations`` (statistics: no
 # per-channel reference, each unit's first value is its shift ``k``) the
@@ -235,9 +380,37 @@ def _terms(x, dy, k, deviations):
 
 
 @njit(inline="always", **_SERIAL)
-def _segment_pairs(x, xb, xs, dy, gb, gs, n, k, deviations, first, second):
-    """Add ``_terms`` of ``n`` values at ``xb``/``gb`` (strides ``xs``/``gs``) to the running pair."""
-    if xs == 1 and gs == 1:
+def _segment_pairs(x, xb, xs, dy, gb, gs, n, k, deviations, first, second, mask, position, keep):
+    """Add ``_terms`` of ``n`` values at ``xb``/``gb`` (strides ``xs``/``gs``) to the running pair.
+
+    With a ``mask`` (the backward through a ReLU) ``dy`` counts only where
+    the bit of its walk position (``position + i``) is set; ``keep`` is
+    scratch for ``_GATE_TILE`` unpacked bits.
+    """
+    if mask.size:
+        head = min(n, -position & 7)  # up to the first whole byte of the mask
+        for i in range(head):
+            g = np.float64(load(dy[gb + i * gs])) if _bit(mask, position + i) else 0.0
+            a, b = _terms(load(x[xb + i * xs]), g, k, deviations)
+            first += a
+            second += b
+        for t in range(head, n, _GATE_TILE):
+            m = min(_GATE_TILE, n - t)
+            _spread_bits(mask, position + t, m, keep)
+            if xs == 1 and gs == 1:
+                xv, gv = x[xb + t : xb + t + m], dy[gb + t : gb + t + m]
+                for i in range(m):
+                    g = np.float64(load(gv[i]))
+                    a, b = _terms(load(xv[i]), g if keep[i] != 0 else 0.0, k, deviations)
+                    first += a
+                    second += b
+            else:
+                for i in range(m):
+                    g = np.float64(load(dy[gb + (t + i) * gs]))
+                    a, b = _terms(load(x[xb + (t + i) * xs]), g if keep[i] != 0 else 0.0, k, deviations)
+                    first += a
+                    second += b
+    elif xs == 1 and gs == 1:
         xv = x[xb : xb + n]
         gv = dy[gb : gb + n]
         for i in range(n):
@@ -253,8 +426,11 @@ def _segment_pairs(x, xb, xs, dy, gb, gs, n, k, deviations, first, second):
 
 
 @njit(inline="always", **_SERIAL)
-def _run_unit_pairs(x, xo, xst, dy, go, gst, shape, c, start, stop, reference):
-    """Sums of ``_terms`` over values ``start:stop`` of channel ``c`` (channel-major runs), and the ``k`` used."""
+def _run_unit_pairs(x, xo, xst, dy, go, gst, shape, c, start, stop, reference, mask, positions):
+    """Sums of ``_terms`` over values ``start:stop`` of channel ``c`` (channel-major runs), and the ``k`` used.
+
+    ``positions``: the walk-position strides of the view's axes, where a ``mask`` is read.
+    """
     B, D, M = shape[2], shape[3], shape[4]
     row, m = divmod(start, M)
     a, b, d = _split3(row, B, D)
@@ -264,30 +440,34 @@ def _run_unit_pairs(x, xo, xst, dy, go, gst, shape, c, start, stop, reference):
         k = np.float64(load(x[xo + c * xst[0] + a * xst[1] + b * xst[2] + d * xst[3] + m * xst[4]]))
     first = 0.0
     second = 0.0
+    keep = np.empty(_GATE_TILE if mask.size else 0, np.uint8)
     position = start
     while position < stop:
         n = min(M - m, stop - position)
         xb = xo + c * xst[0] + a * xst[1] + b * xst[2] + d * xst[3] + m * xst[4]
         gb = go + c * gst[0] + a * gst[1] + b * gst[2] + d * gst[3] + m * gst[4]
-        first, second = _segment_pairs(x, xb, xst[4], dy, gb, gst[4], n, k, reference.size == 0, first, second)
+        walk = c * positions[0] + a * positions[1] + b * positions[2] + d * positions[3] + m * positions[4]
+        first, second = _segment_pairs(
+            x, xb, xst[4], dy, gb, gst[4], n, k, reference.size == 0, first, second, mask, walk, keep
+        )
         position += n
         m = 0
         a, b, d = _next3(a, b, d, B, D)
     return first, second, k
 
 
-def _reduce_run_unit(x, xo, xst, dy, go, gst, shape, reference, units, u, first, second, references):
+def _reduce_run_unit(x, xo, xst, dy, go, gst, shape, reference, mask, positions, units, u, first, second, references):
     """Unit ``u`` of ``_reduce_runs``: its sums and reference into ``(units, C)`` arrays."""
     total = shape[1] * shape[2] * shape[3] * shape[4]
     c, k = divmod(u, units)
     start = _part_start(k, total, units)
     stop = _part_start(k + 1, total, units)
     first[k, c], second[k, c], references[k, c] = _run_unit_pairs(
-        x, xo, xst, dy, go, gst, shape, c, start, stop, reference
+        x, xo, xst, dy, go, gst, shape, c, start, stop, reference, mask, positions
     )
 
 
-def _reduce_runs(x, xo, xst, dy, go, gst, shape, reference, chunk):
+def _reduce_runs(x, xo, xst, dy, go, gst, shape, reference, mask, positions, chunk):
     """``_reduction_result`` of per-unit sums over a ``(C, A, B, D, M)`` operand, units of ``chunk`` values."""
     C = shape[0]
     total = shape[1] * shape[2] * shape[3] * shape[4]
@@ -297,17 +477,24 @@ def _reduce_runs(x, xo, xst, dy, go, gst, shape, reference, chunk):
     references = np.empty((units, C))
     for u in prange(C * units):
         # prange indices may be unsigned
-        _part(x, xo, xst, dy, go, gst, shape, reference, units, np.int64(u), first, second, references)  # noqa: F821
+        _part(  # noqa: F821
+            x, xo, xst, dy, go, gst, shape, reference, mask, positions, units, np.int64(u), first, second, references
+        )
     return _reduction_result(_unit_sizes(total, units), first, second, references, reference.size == 0)
 
 
 @njit(inline="always", **_SERIAL)
-def _row_block_pairs(x, xo, xst, dy, go, gst, shape, first_row, stop, k, deviations, first, second):
-    """Sums of ``_terms`` over rows ``first_row:stop`` into tiles (``k``: the tiled references)."""
+def _row_block_pairs(x, xo, xst, dy, go, gst, shape, first_row, stop, k, deviations, first, second, mask):
+    """Sums of ``_terms`` over rows ``first_row:stop`` into tiles (``k``: the tiled references).
+
+    With a ``mask``, ``dy`` counts only where the bit of its walk position
+    (``row * C + c``) is set.
+    """
     B, D, R, C = shape[1], shape[2], shape[3], shape[4]
     width = k.size
     first[:] = 0.0
     second[:] = 0.0
+    keep = np.empty(width if mask.size else 0, np.uint8)
     packed = xst[4] == 1 and xst[3] == C and gst[4] == 1 and gst[3] == C
     a, b, d = _split3(first_row // R, B, D)
     r = first_row % R
@@ -316,7 +503,23 @@ def _row_block_pairs(x, xo, xst, dy, go, gst, shape, first_row, stop, k, deviati
         n = min(R - r, stop - row)
         xb = _offset4(xo, xst, a, b, d, r)
         gb = _offset4(go, gst, a, b, d, r)
-        if packed:
+        if mask.size and packed:
+            for t in range(0, n * C, width):
+                m = min(width, n * C - t)
+                _unpack_bits(mask, row * C + t, m, keep)
+                for j in range(m):
+                    g = np.float64(load(dy[gb + t + j]))
+                    u, v = _terms(load(x[xb + t + j]), g if keep[j] else 0.0, k[j], deviations)
+                    first[j] += u
+                    second[j] += v
+        elif mask.size:
+            for i in range(n):
+                for c in range(C):
+                    g = np.float64(load(dy[gb + i * gst[3] + c * gst[4]])) if _bit(mask, (row + i) * C + c) else 0.0
+                    u, v = _terms(load(x[xb + i * xst[3] + c * xst[4]]), g, k[c], deviations)
+                    first[c] += u
+                    second[c] += v
+        elif packed:
             xv = x[xb : xb + n * C]
             gv = dy[gb : gb + n * C]
             for t in range(0, n * C, width):
@@ -339,7 +542,7 @@ def _row_block_pairs(x, xo, xst, dy, go, gst, shape, first_row, stop, k, deviati
         a, b, d = _next3(a, b, d, B, D)
 
 
-def _reduce_rows(x, xo, xst, dy, go, gst, shape, reference, blocks):
+def _reduce_rows(x, xo, xst, dy, go, gst, shape, reference, mask, positions, blocks):
     """``_reduction_result`` of per-block sums over an ``(A, B, D, R, C)`` operand."""
     C = shape[4]
     rows = shape[0] * shape[1] * shape[2] * shape[3]
@@ -349,12 +552,12 @@ def _reduce_rows(x, xo, xst, dy, go, gst, shape, reference, blocks):
     references = np.empty((blocks, C))
     for block in prange(blocks):
         _part(  # noqa: F821
-            x, xo, xst, dy, go, gst, shape, reference, blocks, np.int64(block), first, second, references
+            x, xo, xst, dy, go, gst, shape, reference, mask, blocks, np.int64(block), first, second, references
         )
     return _reduction_result(_unit_sizes(rows, blocks), first, second, references, reference.size == 0)
 
 
-def _reduce_row_block(x, xo, xst, dy, go, gst, shape, reference, blocks, block, first, second, references):
+def _reduce_row_block(x, xo, xst, dy, go, gst, shape, reference, mask, blocks, block, first, second, references):
     """Block ``block`` of ``_reduce_rows``: its sums and references into ``(blocks, C)`` arrays."""
     C = shape[4]
     rows = shape[0] * shape[1] * shape[2] * shape[3]
@@ -375,7 +578,9 @@ def _reduce_row_block(x, xo, xst, dy, go, gst, shape, reference, blocks, block, 
             k[c] = np.float64(load(x[head + c * xst[4]]))
     for offset in range(C, width, C):
         k[offset : offset + C] = k[:C]
-    _row_block_pairs(x, xo, xst, dy, go, gst, shape, start, stop, k, reference.size == 0, tile_first, tile_second)
+    _row_block_pairs(
+        x, xo, xst, dy, go, gst, shape, start, stop, k, reference.size == 0, tile_first, tile_second, mask
+    )
     for offset in range(C, width, C):
         for c in range(C):
             tile_first[c] += tile_first[offset + c]
@@ -419,48 +624,144 @@ def _reduction_result(sizes, first, second, references, deviations):
 
 
 # ------------------------------------------------------ elementwise passes
-# One walk serves both passes: ``(x - k0) * k1 + k2``, plus ``k3 * dy`` with
-# ``gradient`` (``dy`` is ``x`` again for the one-input pass; the flag is a
-# loop invariant, so each pass keeps a tight loop).
+# One walk serves every pass (``mode``): ``(x - k0) * k1 + k2``, plus
+# ``k3 * second`` with ``ADD`` (the forward's residual, or ``dy`` for the
+# input gradient), clamped with ``RELU``; ``GATE`` and ``NO_X`` serve the
+# backward through a ReLU. ``second`` is ``x`` again for a one-input pass,
+# and an unused second output is empty. The flags are loop invariants, so
+# each pass keeps a tight loop. Parts start on whole bytes of the ReLU mask,
+# whose bit for a value is its position in this walk (memory order of ``x``).
 
 
 @njit(inline="always", **_SERIAL)
-def _value(x, dy, k0, k1, k2, k3, gradient):
+def _value(x, dy, k0, k1, k2, k3, mode, zero):
     """One output value from the input values and the channel's four coefficients."""
     value = (x - k0) * k1 + k2
-    if gradient:
+    if mode & ADD:
         value += k3 * dy
+    if mode & RELU and value <= 0:  # NaN stays NaN, as with torch.relu
+        value = zero
     return value
 
 
 @njit(inline="always", **_SERIAL)
-def _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, gradient):
+def _gated_value(x, dy, keep, k0, k1, k2, k3, mode, zero):
+    """The backward through a ReLU: ``(value, passed)``, ``dy`` passing only where ``keep``."""
+    passed = dy if keep else zero
+    if mode & NO_X:
+        return k3 * passed, passed
+    return (x - k0) * k1 + k2 + k3 * passed, passed
+
+
+@njit(inline="always", **_SERIAL)
+def _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, mode, zero):
     """``n`` outputs at ``ob`` (stride ``os``) from the inputs at ``xb``/``gb``."""
     if xs == 1 and gs == 1 and os == 1:
         xv = x[xb : xb + n]
         gv = dy[gb : gb + n]
         ov = out[ob : ob + n]
         for i in range(n):
-            ov[i] = store(_value(load(xv[i]), load(gv[i]), k0, k1, k2, k3, gradient), out)
+            ov[i] = store(_value(load(xv[i]), load(gv[i]), k0, k1, k2, k3, mode, zero), out)
     else:
         for i in range(n):
-            value = _value(load(x[xb + i * xs]), load(dy[gb + i * gs]), k0, k1, k2, k3, gradient)
+            value = _value(load(x[xb + i * xs]), load(dy[gb + i * gs]), k0, k1, k2, k3, mode, zero)
             out[ob + i * os] = store(value, out)
 
 
 @njit(inline="always", **_SERIAL)
-def _tile_values(x, xb, dy, gb, out, ob, n, k, gradient):
+def _gated_segment_values(
+    x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, keep
+):
+    """``_segment_values`` through a ReLU: what passed goes to ``out2`` too, when it is not empty.
+
+    The mask's bits are unpacked a tile at a time into ``keep`` (scratch of
+    ``_GATE_TILE`` bytes), so the loops over the values select without branching.
+    """
+    head = min(n, -position & 7)  # up to the first whole byte of the mask
+    _unpack_bits(mask, position, head, keep)
+    _gated_run(x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, head, k0, k1, k2, k3, mode, zero, keep)
+    for t in range(head, n, _GATE_TILE):
+        m = min(_GATE_TILE, n - t)
+        _spread_bits(mask, position + t, m, keep)
+        _gated_run(
+            x, xb + t * xs, xs, dy, gb + t * gs, gs, out, ob + t * os, os, out2, o2b + t * o2s, o2s, m,
+            k0, k1, k2, k3, mode, zero, keep,
+        )
+
+
+@njit(inline="always", **_SERIAL)
+def _gated_run(x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, m, k0, k1, k2, k3, mode, zero, keep):
+    """``m`` values of ``_gated_segment_values`` with their bits already in ``keep``."""
+    if xs == 1 and gs == 1 and os == 1:
+        xv, gv, ov = x[xb : xb + m], dy[gb : gb + m], out[ob : ob + m]
+        for i in range(m):
+            value, _ = _gated_value(load(xv[i]), load(gv[i]), keep[i] != 0, k0, k1, k2, k3, mode, zero)
+            ov[i] = store(value, out)
+    else:
+        for i in range(m):
+            value, _ = _gated_value(
+                load(x[xb + i * xs]), load(dy[gb + i * gs]), keep[i] != 0, k0, k1, k2, k3, mode, zero
+            )
+            out[ob + i * os] = store(value, out)
+    if out2.size:
+        _write_passed(dy, gb, gs, out2, o2b, o2s, m, keep, zero)
+
+
+@njit(inline="always", **_SERIAL)
+def _write_passed(dy, gb, gs, out2, o2b, o2s, n, keep, zero):
+    """``out2`` receives ``dy`` where ``keep`` is set, else 0: the gradient that passed a ReLU."""
+    if gs == 1 and o2s == 1:
+        gv, o2v = dy[gb : gb + n], out2[o2b : o2b + n]
+        for i in range(n):
+            o2v[i] = store(load(gv[i]) if keep[i] != 0 else zero, out2)
+    else:
+        for i in range(n):
+            out2[o2b + i * o2s] = store(load(dy[gb + i * gs]) if keep[i] != 0 else zero, out2)
+
+
+@njit(inline="always", **_SERIAL)
+def _gated_tile_values(x, xb, dy, gb, out, ob, out2, o2b, n, k, mode, zero, mask, position, keep):
+    """``_tile_values`` through a ReLU (packed rows, per-value coefficients ``k``), as ``_gated_segment_values``."""
+    _unpack_bits(mask, position, n, keep)
+    xv, gv, ov = x[xb : xb + n], dy[gb : gb + n], out[ob : ob + n]
+    k0, k1, k2, k3 = k[0], k[1], k[2], k[3]
+    for j in range(n):
+        value, _ = _gated_value(load(xv[j]), load(gv[j]), keep[j], k0[j], k1[j], k2[j], k3[j], mode, zero)
+        ov[j] = store(value, out)
+    if out2.size:
+        _write_passed(dy, gb, 1, out2, o2b, 1, n, keep, zero)
+
+
+@njit(inline="always", **_SERIAL)
+def _segment(
+    x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, pending, keep
+):
+    """One segment of a pass at walk ``position``; returns the mask bits still pending (``_record_signs``)."""
+    if mode & GATE:
+        _gated_segment_values(
+            x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, keep
+        )
+        return pending
+    _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, mode, zero)
+    if mode & RELU and mask.size:
+        pending = _record_signs(out, ob, os, n, mask, position, pending, keep)
+    return pending
+
+
+@njit(inline="always", **_SERIAL)
+def _tile_values(x, xb, dy, gb, out, ob, n, k, mode, zero):
     """``n`` packed outputs with per-value coefficients: ``k`` holds four tiled rows."""
     xv = x[xb : xb + n]
     gv = dy[gb : gb + n]
     ov = out[ob : ob + n]
     k0, k1, k2, k3 = k[0], k[1], k[2], k[3]
     for j in range(n):
-        ov[j] = store(_value(load(xv[j]), load(gv[j]), k0[j], k1[j], k2[j], k3[j], gradient), out)
+        ov[j] = store(_value(load(xv[j]), load(gv[j]), k0[j], k1[j], k2[j], k3[j], mode, zero), out)
 
 
-def _elementwise_runs(x, xo, xst, dy, go, gst, out, oo, ost, shape, channel_position, k, gradient, part):
-    """``out = _value(x, dy, k[:, c])`` on runs, walked in memory order, in parts of ``part`` values.
+def _elementwise_runs(x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, mode, mask, part):
+    """``out = _value(x, dy, k[:, c])`` (or its ``mode``'s variant) on runs, walked in memory order, in parts
+    of about ``part`` values.
 
     ``shape`` is ``(N0, N1, N2, N3, M)`` with the channel axis at
     ``channel_position`` among the first four; ``k`` is ``(4, C)``.
@@ -471,51 +772,61 @@ def _elementwise_runs(x, xo, xst, dy, go, gst, out, oo, ost, shape, channel_posi
         _packed_runs(xst, shape, channel_position)
         and _packed_runs(gst, shape, channel_position)
         and _packed_runs(ost, shape, channel_position)
+        and _packed_runs(o2st, shape, channel_position)
     )
     for p in prange(parts):
         _part(  # noqa: F821
-            x, xo, xst, dy, go, gst, out, oo, ost, shape, channel_position, k, gradient, packed, parts, np.int64(p)
+            x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, mode, mask,
+            packed, parts, np.int64(p),
         )
 
 
 def _elementwise_run_part(
-    x, xo, xst, dy, go, gst, out, oo, ost, shape, channel_position, k, gradient, packed, parts, p
+    x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, mode, mask, packed, parts, p
 ):
     """Part ``p`` of ``_elementwise_runs``."""
     N1, N2, N3, M = shape[1], shape[2], shape[3], shape[4]
     total = shape[0] * N1 * N2 * N3 * M
-    position = _part_start(p, total, parts)
-    stop = _part_start(p + 1, total, parts)
+    position = _aligned_part_start(p, total, parts, 8)
+    stop = _aligned_part_start(p + 1, total, parts, 8)
+    zero = k.dtype.type(0)
+    pending = 0
+    keep = np.empty(_GATE_TILE if mode & (GATE | RELU) else 0, np.uint8)  # unpacked or packing mask bits
     if packed:
         # Runs lie back to back: a value's flat position is its offset from the origin.
         c = (position // M) % N3
         while position < stop:
             n = min(M - position % M, stop - position)
-            _segment_values(
-                x, xo + position, 1, dy, go + position, 1, out, oo + position, 1, n,
-                k[0, c], k[1, c], k[2, c], k[3, c], gradient,
+            pending = _segment(
+                x, xo + position, 1, dy, go + position, 1, out, oo + position, 1, out2, o2o + position, 1, n,
+                k[0, c], k[1, c], k[2, c], k[3, c], mode, zero, mask, position, pending, keep,
             )
             position += n
             c = c + 1 if c + 1 < N3 else 0
-        return
-    run, m = divmod(position, M)
-    i0, i1, i2, i3 = _split4(run, N1, N2, N3)
-    while position < stop:
-        n = min(M - m, stop - position)
-        c = _pick(channel_position, i0, i1, i2, i3)
-        xb = _offset4(xo, xst, i0, i1, i2, i3) + m * xst[4]
-        gb = _offset4(go, gst, i0, i1, i2, i3) + m * gst[4]
-        ob = _offset4(oo, ost, i0, i1, i2, i3) + m * ost[4]
-        _segment_values(
-            x, xb, xst[4], dy, gb, gst[4], out, ob, ost[4], n, k[0, c], k[1, c], k[2, c], k[3, c], gradient
-        )
-        position += n
-        m = 0
-        i0, i1, i2, i3 = _next4(i0, i1, i2, i3, N1, N2, N3)
+    else:
+        run, m = divmod(position, M)
+        i0, i1, i2, i3 = _split4(run, N1, N2, N3)
+        while position < stop:
+            n = min(M - m, stop - position)
+            c = _pick(channel_position, i0, i1, i2, i3)
+            xb = _offset4(xo, xst, i0, i1, i2, i3) + m * xst[4]
+            gb = _offset4(go, gst, i0, i1, i2, i3) + m * gst[4]
+            ob = _offset4(oo, ost, i0, i1, i2, i3) + m * ost[4]
+            o2b = _offset4(o2o, o2st, i0, i1, i2, i3) + m * o2st[4]
+            pending = _segment(
+                x, xb, xst[4], dy, gb, gst[4], out, ob, ost[4], out2, o2b, o2st[4], n,
+                k[0, c], k[1, c], k[2, c], k[3, c], mode, zero, mask, position, pending, keep,
+            )
+            position += n
+            m = 0
+            i0, i1, i2, i3 = _next4(i0, i1, i2, i3, N1, N2, N3)
+    if mode & RELU and mask.size:
+        _flush_signs(mask, stop, pending)
 
 
-def _elementwise_rows(x, xo, xst, dy, go, gst, out, oo, ost, shape, k, gradient, blocks):
-    """``out = _value(x, dy, k[:, c])`` on ``(A, B, D, R, C)`` operands; ``k`` is ``(4, C)``."""
+def _elementwise_rows(x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, mode, mask, blocks):
+    """``out = _value(x, dy, k[:, c])`` (or its ``mode``'s variant) on ``(A, B, D, R, C)`` operands;
+    ``k`` is ``(4, C)``."""
     C = shape[4]
     rows = shape[0] * shape[1] * shape[2] * shape[3]
     blocks = max(min(blocks, rows), 1)
@@ -526,17 +837,25 @@ def _elementwise_rows(x, xo, xst, dy, go, gst, out, oo, ost, shape, k, gradient,
     packed = xst[4] == 1 and xst[3] == C and gst[4] == 1 and gst[3] == C and ost[4] == 1 and ost[3] == C
     for block in prange(blocks):
         _part(  # noqa: F821
-            x, xo, xst, dy, go, gst, out, oo, ost, shape, k, tiled, gradient, packed, blocks, np.int64(block)
+            x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, mode, mask, packed, blocks,
+            np.int64(block),
         )
 
 
-def _elementwise_row_block(x, xo, xst, dy, go, gst, out, oo, ost, shape, k, tiled, gradient, packed, blocks, block):
+def _elementwise_row_block(
+    x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, mode, mask, packed, blocks, block
+):
     """Block ``block`` of ``_elementwise_rows`` (``tiled``: the coefficients repeated to a tile's width)."""
     B, D, R, C = shape[1], shape[2], shape[3], shape[4]
     rows = shape[0] * B * D * R
     width = tiled.shape[1]
-    row = _part_start(block, rows, blocks)
-    stop = _part_start(block + 1, rows, blocks)
+    align = _rows_per_byte(C)
+    row = _aligned_part_start(block, rows, blocks, align)
+    stop = _aligned_part_start(block + 1, rows, blocks, align)
+    zero = k.dtype.type(0)
+    pending = 0
+    keep = np.empty((max(width, _GATE_TILE) + 7) & ~7 if mode & (GATE | RELU) else 0, np.uint8)  # whole words
+    packed_out2 = out2.size == 0 or (o2st[4] == 1 and o2st[3] == C)
     a, b, d = _split3(row // R, B, D)
     r = row % R
     while row < stop:
@@ -544,34 +863,49 @@ def _elementwise_row_block(x, xo, xst, dy, go, gst, out, oo, ost, shape, k, tile
         xb = _offset4(xo, xst, a, b, d, r)
         gb = _offset4(go, gst, a, b, d, r)
         ob = _offset4(oo, ost, a, b, d, r)
-        if packed:
+        o2b = _offset4(o2o, o2st, a, b, d, r)
+        if packed and mode & GATE and packed_out2:
             for t in range(0, n * C, width):
-                _tile_values(x, xb + t, dy, gb + t, out, ob + t, min(width, n * C - t), tiled, gradient)
+                count = min(width, n * C - t)
+                _gated_tile_values(
+                    x, xb + t, dy, gb + t, out, ob + t, out2, o2b + t, count, tiled, mode, zero, mask, row * C + t,
+                    keep,
+                )
+        elif packed and not mode & GATE:
+            for t in range(0, n * C, width):
+                count = min(width, n * C - t)
+                _tile_values(x, xb + t, dy, gb + t, out, ob + t, count, tiled, mode, zero)
+                if mode & RELU and mask.size:
+                    pending = _record_signs(out, ob + t, 1, count, mask, row * C + t, pending, keep)
         else:
             for i in range(n):
                 for c in range(C):
-                    value = _value(
-                        load(x[xb + i * xst[3] + c * xst[4]]), load(dy[gb + i * gst[3] + c * gst[4]]),
-                        k[0, c], k[1, c], k[2, c], k[3, c], gradient,
+                    pending = _segment(
+                        x, xb + i * xst[3] + c * xst[4], 0, dy, gb + i * gst[3] + c * gst[4], 0,
+                        out, ob + i * ost[3] + c * ost[4], 0, out2, o2b + i * o2st[3] + c * o2st[4], 0, 1,
+                        k[0, c], k[1, c], k[2, c], k[3, c], mode, zero, mask, (row + i) * C + c, pending, keep,
                     )
-                    out[ob + i * ost[3] + c * ost[4]] = store(value, out)
         row += n
         r = 0
         a, b, d = _next3(a, b, d, B, D)
+    if mode & RELU and mask.size:
+        _flush_signs(mask, stop * C, pending)
 
 
 # ------------------------------------------------------------- the kernels
 
-#: ``(x, xo, xst, dy, go, gst, shape, reference, chunk)`` over ``(C, A, B, D, M)`` runs:
+#: ``(x, xo, xst, dy, go, gst, shape, reference, mask, positions, chunk)`` over ``(C, A, B, D, M)`` runs:
 #: ``(count, mean, m2)`` with ``NO_REFERENCE`` (``dy`` is ``x``), else
-#: ``(count, sum(dy), sum(dy * (x - reference)))``; float64 per channel.
+#: ``(count, sum(dy), sum(dy * (x - reference)))``, ``dy`` gated by a ReLU ``mask`` read at walk
+#: positions ``positions`` (strides per axis) unless ``NO_MASK``; float64 per channel.
 reduce_runs, reduce_runs_serial = _compiled_pair("reduce_runs", _reduce_runs, _reduce_run_unit)
-#: ``(x, xo, xst, dy, go, gst, shape, reference, blocks)`` over ``(A, B, D, R, C)`` rows: as ``reduce_runs``.
+#: ``(x, xo, xst, dy, go, gst, shape, reference, mask, positions, blocks)`` over ``(A, B, D, R, C)`` rows:
+#: as ``reduce_runs`` (rows are walked in order: ``positions`` is unused).
 reduce_rows, reduce_rows_serial = _compiled_pair("reduce_rows", _reduce_rows, _reduce_row_block)
-#: ``(x, ..., dy, ..., out, ..., shape, channel_position, k, gradient, part)``:
-#: ``out = (x - k0) * k1 + k2`` (``+ k3 * dy`` with ``gradient``).
+#: ``(x, ..., dy, ..., out, ..., out2, ..., shape, channel_position, k, mode, mask, part)``:
+#: ``out = (x - k0) * k1 + k2``, and what ``mode`` adds (``ADD``, ``RELU``, ``GATE``, ``NO_X``).
 elementwise_runs, elementwise_runs_serial = _compiled_pair("elementwise_runs", _elementwise_runs, _elementwise_run_part)
-#: ``(x, ..., dy, ..., out, ..., shape, k, gradient, blocks)``: as ``elementwise_runs``.
+#: ``(x, ..., dy, ..., out, ..., out2, ..., shape, k, mode, mask, blocks)``: as ``elementwise_runs``.
 elementwise_rows, elementwise_rows_serial = _compiled_pair(
     "elementwise_rows", _elementwise_rows, _elementwise_row_block
 )

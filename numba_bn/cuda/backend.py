@@ -39,6 +39,26 @@ def _vector_or_absent(vector):
     return _absent_vector(np.float64) if vector is None else vector
 
 
+def _no_mask():
+    return _absent_vector(np.uint32)
+
+
+def _no_second_output(dtype):
+    """An empty 5-D array: a pass without a second output (every kernel argument must be an array)."""
+    key = ("5-D", np.dtype(dtype))
+    array = _absent.get(key)
+    if array is None:
+        array = _absent[key] = device_array((0, 0, 0, 0, 0), dtype)
+    return array
+
+
+def relu_mask(size):
+    """A zeroed ReLU mask for ``size`` values: one bit each, in uint32 words."""
+    words = device_array(max(1, (size + 31) // 32), np.uint32)
+    launch_per_channel(kernels.fill_zero, words.size, words)
+    return words
+
+
 def _channels_of(layout, view):
     return view.shape[4] if layout == ROWS else view.shape[0]
 
@@ -54,33 +74,63 @@ def channel_stats(x, channel_axis):
     states = scratch_array("states", (3, channels, parts))  # per-block count, mean, M2
     kernel = kernels.channel_stats_rows if layout == ROWS else kernels.channel_stats_runs
     shared_bytes = 3 * block[0] * block[1] * 8
-    launch(kernel, grid, block, (xv, xv, _absent_vector(np.float64), states, use_warp_shuffle(), *extra), shared_bytes)
+    args = (xv, xv, _absent_vector(np.float64), _no_mask(), states, use_warp_shuffle(), *extra)
+    launch(kernel, grid, block, args, shared_bytes)
     mean, m2 = device_array((2, channels), np.float64)  # one allocation, two rows
     launch_per_channel(channel_math.merge_stat_parts, channels, states[0], states[1], states[2], mean, m2)
     return x.size // channels, mean, m2
 
 
-def normalize(x, channel_axis, coefficients, out=None):
+def normalize(x, channel_axis, coefficients, out=None, residual=None, relu=False, mask=None):
     """``(x - shift) * scale + offset`` per channel into ``out``, or a new C-contiguous array of ``x``'s dtype.
 
-    ``coefficients`` rows: shift, scale, offset and one unused (``(4, C)``,
-    compute dtype, as ``grad_input`` takes). ``out`` may have any strides;
-    it must not overlap ``x`` other than being ``x`` itself.
+    ``coefficients`` rows: shift, scale, offset and the residual's factor
+    (``(4, C)``, compute dtype, as ``grad_input`` takes). With a ``residual``
+    it is added (times the fourth row); with ``relu`` the result is clamped
+    at 0 and, given a zeroed ``mask`` (:func:`relu_mask`), each value's
+    ``result > 0`` is recorded there for the backward. ``out`` may have any
+    strides; it must not overlap ``x`` or ``residual`` other than being one
+    of them.
     """
     y = device_array(x.shape, x.dtype) if out is None else out
-    # Walk an output with negative strides backwards along those axes, and the input with it.
+    # Walk an output with negative strides backwards along those axes, and the inputs with it
+    # (a recorded mask's positions follow x's own order: then through a new array).
     flips = tuple(slice(None, None, -1) if stride < 0 else slice(None) for stride in y.strides)
     if any(step != slice(None) for step in flips):
+        if mask is not None:
+            return _copied(normalize(x, channel_axis, coefficients, None, residual, relu, mask), channel_axis, y)
         x, y = x[flips], y[flips]
-    layout, (xv,), (yv,) = device_views(channel_axis, [x], [y])
-    grid, block, _, extra = geometry(layout, xv.shape, reduction=False)
-    kernel = kernels.normalize_rows if layout == ROWS else kernels.normalize_runs
-    launch(kernel, grid, block, (xv, xv, yv, coefficients, *extra))
+        residual = None if residual is None else residual[flips]
+    if residual is None and not relu:
+        layout, (xv,), (yv,) = device_views(channel_axis, [x], [y])
+        kernel = kernels.normalize_rows if layout == ROWS else kernels.normalize_runs
+        args = (xv, xv, yv, yv, coefficients, _no_mask(), 0)
+    else:
+        inputs = [x] if residual is None else [x, residual]
+        layout, views, (yv,) = device_views(channel_axis, inputs, [y])
+        mode = (0 if residual is None else kernels.ADD) | (kernels.RELU if relu else 0)
+        kernel = kernels.normalize_fused_rows if layout == ROWS else kernels.normalize_fused_runs
+        args = (views[0], views[-1], yv, yv, coefficients, _no_mask() if mask is None else mask, mode)
+    grid, block, _, extra = geometry(layout, args[0].shape, reduction=False)
+    launch(kernel, grid, block, (*args, *extra))
     return y if out is None else out
 
 
-def grad_sum_parts(x, grad_output, channel_axis, mean):
-    """Per-(channel, part) float64 partial ``sum(dy)`` and ``sum(dy * (x - mean))``.
+def _copied(source, channel_axis, target):
+    """``target`` (any strides) receives ``source``: the normalisation with scale 1 and offset 0
+    copies exactly."""
+    channels = source.shape[channel_axis]
+    dtype = compute_dtype(source)
+    identity_rows = np.zeros((4, channels), dtype)
+    identity_rows[1] = 1.0
+    identity = scratch_array("copy", (4, channels), dtype)
+    copy_from_host(identity, identity_rows)
+    return normalize(source, channel_axis, identity, target)
+
+
+def grad_sum_parts(x, grad_output, channel_axis, mean, mask=None):
+    """Per-(channel, part) float64 partial ``sum(dy)`` and ``sum(dy * (x - mean))``, ``dy`` gated by a
+    forward's ReLU ``mask`` when one is given.
 
     The CPU's ``grad_sums`` returns the totals; here the parts are summed, in
     order, by the per-channel kernel that consumes them.
@@ -89,23 +139,39 @@ def grad_sum_parts(x, grad_output, channel_axis, mean):
     grid, block, parts, extra = geometry(layout, xv.shape, reduction=True)
     channels = _channels_of(layout, xv)
     sums = scratch_array("sums", (3, channels, parts))  # rows: sum(dy), sum(dy * (x - mean)), unused
-    kernel = kernels.grad_sums_rows if layout == ROWS else kernels.grad_sums_runs
+    if mask is None:
+        kernel = kernels.grad_sums_rows if layout == ROWS else kernels.grad_sums_runs
+    else:
+        kernel = kernels.grad_sums_relu_rows if layout == ROWS else kernels.grad_sums_relu_runs
     shared_bytes = 3 * block[0] * block[1] * 8
-    launch(kernel, grid, block, (xv, dyv, mean, sums, use_warp_shuffle(), *extra), shared_bytes)
+    args = (xv, dyv, mean, _no_mask() if mask is None else mask, sums, use_warp_shuffle(), *extra)
+    launch(kernel, grid, block, args, shared_bytes)
     return sums[0], sums[1]
 
 
-def grad_input(x, grad_output, channel_axis, coefficients):
-    """New C-contiguous ``(x - shift) * k_x + k_const + k_dy * dy``, ``x``'s dtype.
+def grad_input(x, grad_output, channel_axis, coefficients, mask=None, grad_residual=False, x_term=True):
+    """``(grad_input, grad_residual)``: new C-contiguous arrays of ``x``'s dtype.
 
-    ``coefficients`` rows: shift, k_x, k_const, k_dy (``(4, C)``, compute dtype).
+    ``grad_input = (x - shift) * k_x + k_const + k_dy * dy`` (without the
+    first terms unless ``x_term``), ``coefficients`` rows shift, k_x,
+    k_const, k_dy (``(4, C)``, compute dtype). Given a forward's ReLU
+    ``mask``, ``dy`` passes only where the forward's result was not <= 0,
+    and with ``grad_residual`` what passed is the second result (else None).
     """
     dx = device_array(x.shape, x.dtype)
-    layout, (xv, dyv), (dxv,) = device_views(channel_axis, [x, grad_output], [dx])
+    passed = device_array(x.shape, x.dtype) if mask is not None and grad_residual else None
+    outputs = [dx] if passed is None else [dx, passed]
+    layout, (xv, dyv), views = device_views(channel_axis, [x, grad_output], outputs)
+    second = views[-1] if passed is not None else _no_second_output(x.dtype)
     grid, block, _, extra = geometry(layout, xv.shape, reduction=False)
-    kernel = kernels.grad_input_rows if layout == ROWS else kernels.grad_input_runs
-    launch(kernel, grid, block, (xv, dyv, dxv, coefficients, *extra))
-    return dx
+    if mask is None:
+        kernel = kernels.grad_input_rows if layout == ROWS else kernels.grad_input_runs
+        args = (xv, dyv, views[0], views[0], coefficients, _no_mask(), 0)
+    else:
+        kernel = kernels.grad_input_relu_rows if layout == ROWS else kernels.grad_input_relu_runs
+        args = (xv, dyv, views[0], second, coefficients, mask, kernels.ADD | (0 if x_term else kernels.NO_X))
+    launch(kernel, grid, block, (*args, *extra))
+    return dx, passed
 
 
 # --------------------------------------------------------------- backend
@@ -153,33 +219,35 @@ class CudaBackend:
     def shares_memory(self, a, b):
         return overlap(a, b) != "none"
 
-    def forward(self, x, channel_axis, statistics, weight, bias, eps, save=True, out=None):
+    def forward(self, x, channel_axis, statistics, weight, bias, eps, save=True, out=None, residual=None, relu=False):
         channels = x.shape[channel_axis]
         terms = normalizing_terms(x, channel_axis, statistics)
         # Saved for backward: one allocation; the coefficients only feed this call's kernel.
         saved_vectors = device_array((3, channels), np.float64)
-        coefficients = scratch_array("forward", (4, channels), compute_dtype(x))  # the fourth row is unused
+        coefficients = scratch_array("forward", (4, channels), compute_dtype(x))  # the fourth row: residual's factor
         launch_per_channel(
             channel_math.forward_coefficients, channels, terms.mean, terms.spread, terms.divisor, float(eps),
             _vector_or_absent(weight), _vector_or_absent(bias), saved_vectors, coefficients,
         )
+        if residual is not None:
+            copy_from_host(coefficients[3], np.ones(channels, coefficients.dtype))
+        mask = relu_mask(x.size) if relu and save else None
         saved = None
         if save:
             saved_mean, invstd, saved_weight = saved_vectors
             saved = SavedForward(
                 x, channel_axis, terms.batch_stats, saved_mean, invstd, saved_weight, terms.count, None,
+                mask, residual is not None,
             )
         if x.size == 0:
             return (device_array(x.shape, x.dtype) if out is None else out), saved
-        if out is None or overlap(out, x) != "partial":
-            return normalize(x, channel_axis, coefficients, out), saved
-        # out overlaps x in another layout: normalise into a new array, then copy it over
-        # (the normalisation with scale 1 and offset 0 copies exactly, with any strides).
-        identity_rows = np.zeros((4, channels), coefficients.dtype)
-        identity_rows[1] = 1.0
-        identity = scratch_array("copy", (4, channels), coefficients.dtype)
-        copy_from_host(identity, identity_rows)
-        return normalize(normalize(x, channel_axis, coefficients), channel_axis, identity, out), saved
+        apart = out is None or (
+            overlap(out, x) != "partial" and (residual is None or overlap(out, residual) != "partial")
+        )
+        if apart:
+            return normalize(x, channel_axis, coefficients, out, residual, relu, mask), saved
+        # out overlaps an input in another layout: normalise into a new array, then copy it over.
+        return _copied(normalize(x, channel_axis, coefficients, None, residual, relu, mask), channel_axis, out), saved
 
     def update_running(self, running_mean, running_var, statistics, factor):
         if statistics.count == 0:
@@ -195,18 +263,28 @@ class CudaBackend:
     def backward(self, saved, grad_output, weight_grad_dtype, combine_totals=None):
         x, axis = saved.x, saved.channel_axis
         channels = x.shape[axis]
+        mask = saved.relu_mask
         sums_dtype = np.float64 if weight_grad_dtype is None else weight_grad_dtype
+        # Without a ReLU the residual's gradient is dy itself (a copy: the caller owns dy).
+        grad_residual = None
+        if saved.residual and mask is None:
+            grad_residual = device_array(x.shape, x.dtype)
+            if x.size:
+                _copied(grad_output, axis, grad_residual)
         if x.size == 0 and combine_totals is None:
+            if saved.residual:
+                grad_residual = device_array(x.shape, x.dtype)
             if weight_grad_dtype is None:
-                return Gradients(device_array(x.shape, x.dtype), None, None)
+                return Gradients(device_array(x.shape, x.dtype), None, None, grad_residual)
             grad_weight, grad_bias = to_device(np.zeros((2, channels), weight_grad_dtype))
-            return Gradients(device_array(x.shape, x.dtype), grad_weight, grad_bias)
+            return Gradients(device_array(x.shape, x.dtype), grad_weight, grad_bias, grad_residual)
 
         dtype = compute_dtype(x)
         sums = None  # rows: sum(dy * xhat), sum(dy)
+        passed = None  # dy where the ReLU let it through
         if saved.batch_stats:
             if x.size:
-                part_dy, part_dy_xmu = grad_sum_parts(x, grad_output, axis, saved.mean)
+                part_dy, part_dy_xmu = grad_sum_parts(x, grad_output, axis, saved.mean, mask)
             else:  # an empty share of a batch spread over processes: one zero part per channel
                 part_dy, part_dy_xmu = to_device(np.zeros((2, channels, 1)))
             sums = device_array((2, channels), sums_dtype)
@@ -231,21 +309,31 @@ class CudaBackend:
                     channel_math.backward_coefficients, channels, total_dy, total_dy_xmu, saved.mean, saved.invstd,
                     saved.weight, float(saved.count), device_array((2, channels), np.float64), coefficients,
                 )
-            grad_in = grad_input(x, grad_output, axis, coefficients) if x.size else device_array(x.shape, x.dtype)
+            if x.size:
+                grad_in, passed = grad_input(x, grad_output, axis, coefficients, mask, saved.residual)
+            else:
+                grad_in = device_array(x.shape, x.dtype)
+                passed = device_array(x.shape, x.dtype) if saved.residual else None
         else:
-            # The statistics were constants: dx = dy * w * invstd, one pass over dy.
+            # The statistics were constants: dx = dy * w * invstd, one pass over dy (and the mask).
             if weight_grad_dtype is not None:
-                part_dy, part_dy_xmu = grad_sum_parts(x, grad_output, axis, saved.mean)
+                part_dy, part_dy_xmu = grad_sum_parts(x, grad_output, axis, saved.mean, mask)
                 sums = device_array((2, channels), sums_dtype)
                 launch_per_channel(channel_math.weight_grads, channels, part_dy, part_dy_xmu, saved.invstd, sums)
-            coefficients = scratch_array("grad_scale", (4, channels), dtype)  # shift 0, scale k_dy, offset 0
+            coefficients = scratch_array("grad_scale", (4, channels), dtype)
             copy_from_host(coefficients, np.zeros((4, channels), dtype))
-            launch_per_channel(channel_math.grad_scale, channels, saved.invstd, saved.weight, coefficients[1])
-            grad_in = normalize(grad_output, axis, coefficients)
+            if mask is not None:  # gated dy times k_dy (fourth row), no x term
+                launch_per_channel(channel_math.grad_scale, channels, saved.invstd, saved.weight, coefficients[3])
+                grad_in, passed = grad_input(x, grad_output, axis, coefficients, mask, saved.residual, x_term=False)
+            else:  # shift 0, scale k_dy, offset 0
+                launch_per_channel(channel_math.grad_scale, channels, saved.invstd, saved.weight, coefficients[1])
+                grad_in = normalize(grad_output, axis, coefficients)
+        if passed is not None:
+            grad_residual = passed
         if weight_grad_dtype is None:
-            return Gradients(grad_in, None, None)
+            return Gradients(grad_in, None, None, grad_residual)
         grad_weight, grad_bias = sums
-        return Gradients(grad_in, grad_weight, grad_bias)
+        return Gradients(grad_in, grad_weight, grad_bias, grad_residual)
 
     def mean_and_variance(self, statistics, dtype):
         channels = statistics.mean.shape[0]

@@ -34,6 +34,14 @@ from .numba_cuda import cuda
 _FULL_MASK = 0xFFFFFFFF
 _WARP = 32
 
+# What a fused elementwise pass computes (``mode``, a sum of these flags), as on the CPU:
+#: add ``k3 * second`` (the forward's residual, or ``dy``);
+ADD = 1
+#: clamp at 0 (ReLU) and, when a mask is given, record ``not result <= 0`` as one bit per value;
+RELU = 2
+#: leave out the ``(x - k0) * k1 + k2`` term (the backward through constant statistics).
+NO_X = 8
+
 
 # ------------------------------------------------------------ indexing
 
@@ -214,15 +222,22 @@ _sum_block = _specialise("_sum_block", _block_tree, device=True, _pair=_add)
 # functions inline, so a specialisation is the kernel one would write by hand.
 #
 # Reductions bind ``_start(reference, c)`` -> a thread's initial ``k``,
-# ``_accumulate(count, k, first, second, x, dy)`` -> the updated state, and
+# ``_accumulate(count, k, first, second, x, dy, mask, position)`` -> the updated state, and
 # ``_combine(shared, lane, j, stride, n, count, k, first, second, shuffle)``
 # -> the block's three results for the staging buffer ``parts[:, c, part]``.
-# Elementwise passes bind ``_value(x, dy, k0, k1, k2, k3)`` with the
-# channel's four coefficients (``dy`` is ``x`` again for one-input passes:
-# reading it costs nothing when unused, the compiler drops the load).
+# Elementwise passes bind ``_value(x, dy, k0, k1, k2, k3, mode, mask, position)``
+# -> ``(value, passed)`` with the channel's four coefficients (``dy`` is ``x``
+# again for one-input passes: reading it costs nothing when unused, the
+# compiler drops the load), and ``_keep(out, out2, i0, i1, i2, i3, i4, mask,
+# mode, position, passed)``, which may record a ReLU's bit or write ``passed``
+# to a second output after ``out`` was written.
+#
+# A fused ReLU's mask has one bit per value (uint32 words): the bit of the
+# value at view index ``i`` is its position in the view's C order, which
+# only depends on the input ``x`` (the views order axes by its strides).
 
 
-def _reduce_runs(x, dy, reference, parts, shuffle, splits):
+def _reduce_runs(x, dy, reference, mask, parts, shuffle, splits):
     """Per-(channel, block part) results of a reduction over ``(C, A, B, D, M)`` views."""
     shared = cuda.shared.array(0, float64)
     tx, _, TX, _, part, tile, nparts, tiles = _block_ids()
@@ -236,7 +251,10 @@ def _reduce_runs(x, dy, reference, parts, shuffle, splits):
         while unit < units:
             m, stop = seg * span + m0, min(M, seg * span + span)
             while m < stop:
-                count, k, first, second = _accumulate(count, k, first, second, x[c, a, b, d, m], dy[c, a, b, d, m])
+                position = (((c * A + a) * B + b) * D + d) * M + m
+                count, k, first, second = _accumulate(
+                    count, k, first, second, x[c, a, b, d, m], dy[c, a, b, d, m], mask, position
+                )
                 m += lanes
             unit += step
             a, b, d, seg = _carry(a, b, d, seg + step, B, D, splits)
@@ -246,7 +264,7 @@ def _reduce_runs(x, dy, reference, parts, shuffle, splits):
         c += tiles
 
 
-def _reduce_rows(x, dy, reference, parts, shuffle):
+def _reduce_rows(x, dy, reference, mask, parts, shuffle):
     """Per-(channel, block part) results of a reduction over ``(A, B, D, R, C)`` views."""
     shared = cuda.shared.array(0, float64)
     tx, ty, TX, TY, part, tile, nparts, tiles = _block_ids()
@@ -260,7 +278,9 @@ def _reduce_rows(x, dy, reference, parts, shuffle):
             k = _start(reference, c)
             a, b, d, r = _locate_row(row, B, D, R)
             while row < rows:
-                count, k, first, second = _accumulate(count, k, first, second, x[a, b, d, r, c], dy[a, b, d, r, c])
+                count, k, first, second = _accumulate(
+                    count, k, first, second, x[a, b, d, r, c], dy[a, b, d, r, c], mask, row * C + c
+                )
                 row += step
                 a, b, d, r = _carry(a, b, d, r + step, B, D, R)
         results = _combine(shared, tx, ty, TX, TY, count, k, first, second, shuffle)
@@ -269,7 +289,7 @@ def _reduce_rows(x, dy, reference, parts, shuffle):
         tile += tiles
 
 
-def _elementwise_runs(x, dy, out, k, splits):
+def _elementwise_runs(x, dy, out, out2, k, mask, mode, splits):
     """``out = _value(x, dy, k[:, c])`` on ``(C, A, B, D, M)`` views; ``k`` is ``(4, C)``."""
     tx, _, TX, _, part, tile, nparts, tiles = _block_ids()
     C, A, B, D, M = x.shape
@@ -282,14 +302,18 @@ def _elementwise_runs(x, dy, out, k, splits):
         while unit < units:
             m, stop = seg * span + m0, min(M, seg * span + span)
             while m < stop:
-                out[c, a, b, d, m] = _value(x[c, a, b, d, m], dy[c, a, b, d, m], k0, k1, k2, k3)
+                position = (((c * A + a) * B + b) * D + d) * M + m
+                out[c, a, b, d, m], passed = _value(
+                    x[c, a, b, d, m], dy[c, a, b, d, m], k0, k1, k2, k3, mode, mask, position
+                )
+                _keep(out, out2, c, a, b, d, m, mask, mode, position, passed)
                 m += lanes
             unit += step
             a, b, d, seg = _carry(a, b, d, seg + step, B, D, splits)
         c += tiles
 
 
-def _elementwise_rows(x, dy, out, k):
+def _elementwise_rows(x, dy, out, out2, k, mask, mode):
     """``out = _value(x, dy, k[:, c])`` on ``(A, B, D, R, C)`` views; ``k`` is ``(4, C)``."""
     tx, ty, TX, TY, part, tile, nparts, tiles = _block_ids()
     A, B, D, R, C = x.shape
@@ -301,7 +325,11 @@ def _elementwise_rows(x, dy, out, k):
             k0, k1, k2, k3 = k[0, c], k[1, c], k[2, c], k[3, c]
             a, b, d, r = _locate_row(row, B, D, R)
             while row < rows:
-                out[a, b, d, r, c] = _value(x[a, b, d, r, c], dy[a, b, d, r, c], k0, k1, k2, k3)
+                position = row * C + c
+                out[a, b, d, r, c], passed = _value(
+                    x[a, b, d, r, c], dy[a, b, d, r, c], k0, k1, k2, k3, mode, mask, position
+                )
+                _keep(out, out2, a, b, d, r, c, mask, mode, position, passed)
                 row += step
                 a, b, d, r = _carry(a, b, d, r + step, B, D, R)
         tile += tiles
@@ -316,7 +344,7 @@ def _no_start(reference, c):
 
 
 @cuda.jit(device=True)
-def _deviations(count, shift, sum_dev, sum_sq_dev, x, dy):
+def _deviations(count, shift, sum_dev, sum_sq_dev, x, dy, mask, position):
     """Statistics: sums of deviations from the thread's first value and of their squares."""
     value = np.float64(x)
     if count == 0.0:
@@ -338,9 +366,22 @@ def _reference_mean(reference, c):
 
 
 @cuda.jit(device=True)
-def _gradient_terms(count, mean, sum_dy, sum_dy_xmu, x, dy):
+def _gradient_terms(count, mean, sum_dy, sum_dy_xmu, x, dy, mask, position):
     """Backward: sums of ``dy`` and ``dy * (x - mean)``."""
     g = np.float64(dy)
+    return count, mean, sum_dy + g, sum_dy_xmu + g * (np.float64(x) - mean)
+
+
+@cuda.jit(device=True)
+def _bit(mask, position):
+    """The ReLU mask's bit for the value at ``position``."""
+    return (mask[position >> 5] >> (position & 31)) & 1
+
+
+@cuda.jit(device=True)
+def _gated_gradient_terms(count, mean, sum_dy, sum_dy_xmu, x, dy, mask, position):
+    """Backward through a ReLU: ``_gradient_terms`` of ``dy`` where the forward's result was not <= 0."""
+    g = np.float64(dy) if _bit(mask, position) else 0.0
     return count, mean, sum_dy + g, sum_dy_xmu + g * (np.float64(x) - mean)
 
 
@@ -351,15 +392,64 @@ def _summed(shared, lane, j, stride, n, count, mean, sum_dy, sum_dy_xmu, shuffle
 
 
 @cuda.jit(device=True)
-def _normalized(x, dy, shift, scale, offset, unused):
+def _normalized(x, dy, shift, scale, offset, unused, mode, mask, position):
     """Forward: ``(x - shift) * scale + offset`` (``dy`` unused)."""
-    return (x - shift) * scale + offset
+    return (x - shift) * scale + offset, dy
 
 
 @cuda.jit(device=True)
-def _input_gradient(x, dy, shift, k_x, k_const, k_dy):
+def _input_gradient(x, dy, shift, k_x, k_const, k_dy, mode, mask, position):
     """Backward: ``(x - shift) * k_x + k_const + k_dy * dy``."""
-    return (x - shift) * k_x + k_const + k_dy * dy
+    return (x - shift) * k_x + k_const + k_dy * dy, dy
+
+
+@cuda.jit(device=True)
+def _fused_normalized(x, residual, shift, scale, offset, factor, mode, mask, position):
+    """Forward, fused: ``(x - shift) * scale + offset``, plus ``factor * residual`` with ``ADD``,
+    clamped at 0 with ``RELU`` (NaN stays NaN, as with torch.relu)."""
+    value = (x - shift) * scale + offset
+    if mode & ADD:
+        value += factor * residual
+    if mode & RELU and value <= 0:
+        value = np.float32(0.0)  # unifies with the compute type
+    return value, residual
+
+
+@cuda.jit(device=True)
+def _gated_input_gradient(x, dy, shift, k_x, k_const, k_dy, mode, mask, position):
+    """Backward through a ReLU: ``_input_gradient`` with ``dy`` only where the forward's result was
+    positive (and without the ``x`` terms with ``NO_X``); ``passed`` is that gated ``dy``."""
+    passed = dy if _bit(mask, position) else np.float32(0.0)
+    if mode & NO_X:
+        return k_dy * passed, passed
+    return (x - shift) * k_x + k_const + k_dy * passed, passed
+
+
+@cuda.jit(device=True)
+def _nothing_kept(out, out2, i0, i1, i2, i3, i4, mask, mode, position, passed):
+    pass
+
+
+@cuda.jit(device=True)
+def _record_positive(out, out2, i0, i1, i2, i3, i4, mask, mode, position, passed):
+    """A fused ReLU's mask bit: set where the stored result is not <= 0 (positive, or NaN: PyTorch's
+    ReLU passes the gradient there), in the output's own dtype; the mask starts at zero."""
+    if mode & RELU and mask.size > 0 and not out[i0, i1, i2, i3, i4] <= 0:
+        cuda.atomic.or_(mask, position >> 5, np.uint32(1) << np.uint32(position & 31))
+
+
+@cuda.jit(device=True)
+def _write_passed(out, out2, i0, i1, i2, i3, i4, mask, mode, position, passed):
+    """The residual's gradient: the ``dy`` that passed the ReLU, when ``out2`` is not empty."""
+    if out2.size > 0:
+        out2[i0, i1, i2, i3, i4] = passed
+
+
+@cuda.jit
+def fill_zero(words):
+    """Set every element of the 1-D ``words`` to 0 (a ReLU mask before a forward records it)."""
+    for i in range(cuda.grid(1), words.size, cuda.gridsize(1)):
+        words[i] = 0
 
 
 @cuda.jit
@@ -380,24 +470,47 @@ def copy_5d(source, target):
 # ------------------------------------------------------------- the kernels
 # Names and meanings as on the CPU (``numba_bn/cpu/kernels.py``).
 
-#: ``(x, x, empty, parts, shuffle[, splits])``: ``parts`` (3, C, blocks) receive per-block (count, mean, M2).
+#: ``(x, x, empty, empty mask, parts, shuffle[, splits])``: ``parts`` (3, C, blocks) receive per-block
+#: (count, mean, M2).
 channel_stats_runs = _specialise(
     "channel_stats_runs", _reduce_runs, _start=_no_start, _accumulate=_deviations, _combine=_merged_state
 )
 channel_stats_rows = _specialise(
     "channel_stats_rows", _reduce_rows, _start=_no_start, _accumulate=_deviations, _combine=_merged_state
 )
-#: ``(x, dy, mean, parts, shuffle[, splits])``: ``parts`` rows 0, 1 receive per-block ``sum(dy)``,
-#: ``sum(dy * (x - mean))``.
+#: ``(x, dy, mean, mask, parts, shuffle[, splits])``: ``parts`` rows 0, 1 receive per-block ``sum(dy)``,
+#: ``sum(dy * (x - mean))`` (``*_relu``: ``dy`` gated by a forward's ReLU ``mask``).
 grad_sums_runs = _specialise(
     "grad_sums_runs", _reduce_runs, _start=_reference_mean, _accumulate=_gradient_terms, _combine=_summed
 )
 grad_sums_rows = _specialise(
     "grad_sums_rows", _reduce_rows, _start=_reference_mean, _accumulate=_gradient_terms, _combine=_summed
 )
-#: ``(x, x, y, k[, splits])``: ``y = (x - k0) * k1 + k2``.
-normalize_runs = _specialise("normalize_runs", _elementwise_runs, _value=_normalized)
-normalize_rows = _specialise("normalize_rows", _elementwise_rows, _value=_normalized)
-#: ``(x, dy, dx, k[, splits])``: ``dx = k1 * dy + k2 * (x - k0) + k3``.
-grad_input_runs = _specialise("grad_input_runs", _elementwise_runs, _value=_input_gradient)
-grad_input_rows = _specialise("grad_input_rows", _elementwise_rows, _value=_input_gradient)
+grad_sums_relu_runs = _specialise(
+    "grad_sums_relu_runs", _reduce_runs, _start=_reference_mean, _accumulate=_gated_gradient_terms, _combine=_summed
+)
+grad_sums_relu_rows = _specialise(
+    "grad_sums_relu_rows", _reduce_rows, _start=_reference_mean, _accumulate=_gated_gradient_terms, _combine=_summed
+)
+#: ``(x, x, y, y, k, empty mask, 0[, splits])``: ``y = (x - k0) * k1 + k2``.
+normalize_runs = _specialise("normalize_runs", _elementwise_runs, _value=_normalized, _keep=_nothing_kept)
+normalize_rows = _specialise("normalize_rows", _elementwise_rows, _value=_normalized, _keep=_nothing_kept)
+#: ``(x, residual, y, y, k, mask, mode[, splits])``: ``normalize_*`` with ``ADD`` (``+ k3 * residual``) and
+#: ``RELU`` (recording the bits into a zeroed ``mask`` when it is not empty).
+normalize_fused_runs = _specialise(
+    "normalize_fused_runs", _elementwise_runs, _value=_fused_normalized, _keep=_record_positive
+)
+normalize_fused_rows = _specialise(
+    "normalize_fused_rows", _elementwise_rows, _value=_fused_normalized, _keep=_record_positive
+)
+#: ``(x, dy, dx, dx, k, empty mask, 0[, splits])``: ``dx = (x - k0) * k1 + k2 + k3 * dy``.
+grad_input_runs = _specialise("grad_input_runs", _elementwise_runs, _value=_input_gradient, _keep=_nothing_kept)
+grad_input_rows = _specialise("grad_input_rows", _elementwise_rows, _value=_input_gradient, _keep=_nothing_kept)
+#: ``(x, dy, dx, passed, k, mask, mode[, splits])``: ``grad_input_*`` with ``dy`` gated by a forward's ReLU
+#: ``mask``, what passed written to ``passed`` unless it is empty, and without the x terms with ``NO_X``.
+grad_input_relu_runs = _specialise(
+    "grad_input_relu_runs", _elementwise_runs, _value=_gated_input_gradient, _keep=_write_passed
+)
+grad_input_relu_rows = _specialise(
+    "grad_input_relu_rows", _elementwise_rows, _value=_gated_input_gradient, _keep=_write_passed
+)
