@@ -194,15 +194,21 @@ def _numba_bn_extra_run(case: Case, module, x, grad_output, residual) -> Callabl
             grad_input, grad_residual = module.backward(grad_output)
             return {"grad_input": grad_input, "grad_residual": grad_residual,
                     "grad_weight": module.grad_weight, "grad_bias": module.grad_bias}
-    else:  # eval_out_add_relu, eval_out: every call writes into the same buffer
+    else:  # eval_out_add_relu, eval_out: inference, every call writes into the same buffer
+        # Under no_grad, as PyTorch's calls on tensors that need no gradient: nothing is kept for a
+        # backward (a ReLU's mask included).
+        from .._grad_mode import no_grad
+
         module.eval()
         out = np.empty_like(x)
         if case.operation == "eval_out_add_relu":
             def run():
-                return {"y": module(x, residual=residual, out=out)}
+                with no_grad():
+                    return {"y": module(x, residual=residual, out=out)}
         else:
             def run():
-                return {"y": module(x, out=out)}
+                with no_grad():
+                    return {"y": module(x, out=out)}
     return run
 
 

@@ -29,16 +29,13 @@ _KERNEL_VECTOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 #: ``(walk, layout, serial)`` -> kernel. The statistics and the backward sums
 #: share the reduction kernels; the normalisation and the input gradient share
-#: the elementwise ones (a flag picks what they compute).
+#: the elementwise ones (a flag picks what they compute). The ``fused_*``
+#: walks are their twins for a ReLU mask and the fused modes.
 _KERNELS = {
-    ("reduce", RUNS, False): kernels.reduce_runs,
-    ("reduce", RUNS, True): kernels.reduce_runs_serial,
-    ("reduce", ROWS, False): kernels.reduce_rows,
-    ("reduce", ROWS, True): kernels.reduce_rows_serial,
-    ("elementwise", RUNS, False): kernels.elementwise_runs,
-    ("elementwise", RUNS, True): kernels.elementwise_runs_serial,
-    ("elementwise", ROWS, False): kernels.elementwise_rows,
-    ("elementwise", ROWS, True): kernels.elementwise_rows_serial,
+    (walk, layout, serial): getattr(kernels, f"{walk}_{layout}" + ("_serial" if serial else ""))
+    for walk in ("reduce", "elementwise", "fused_reduce", "fused_elementwise")
+    for layout in (RUNS, ROWS)
+    for serial in (False, True)
 }
 
 
@@ -133,7 +130,7 @@ def _elementwise(x, second, channel_axis, coefficients, mode, out=None, out2=Non
     (ob, oo, os), (o2b, o2o, o2s) = operands[len(inputs)], operands[-1]
     if out2 is None:
         o2b = ob[:0]
-    kernel = _kernel("elementwise", layout, x.size)
+    kernel = _kernel("elementwise" if mode in (0, kernels.ADD) else "fused_elementwise", layout, x.size)
     if layout == ROWS:
         kernel(xb, xo, xs, gb, go, gs, ob, oo, os, o2b, o2o, o2s, shape, coefficients, mode, mask, _row_blocks(x))
     else:
@@ -185,7 +182,7 @@ def grad_sums(x, grad_output, channel_axis, mean, mask=kernels.NO_MASK):
         channel_axis, [_kernel_array(x), _kernel_array(grad_output)]
     )
     positions = walk_positions(layout, shape, xs) if mask.size else kernels.NO_POSITIONS
-    kernel = _kernel("reduce", layout, x.size)
+    kernel = _kernel("fused_reduce" if mask.size else "reduce", layout, x.size)
     _, sum_dy, sum_dy_xmu = kernel(xb, xo, xs, gb, go, gs, shape, mean, mask, positions, _split(layout, x, shape))
     return sum_dy, sum_dy_xmu
 

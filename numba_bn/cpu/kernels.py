@@ -57,12 +57,17 @@ _SERIAL = dict(cache=True, fastmath=config.FASTMATH)
 #: whenever C allows), long enough for full-width SIMD in the tile loop.
 _TILE_VALUES = 512
 
-#: Values whose ReLU mask bits are unpacked at a time (into a byte each) by the passes that read a
-#: mask, so that their loops over the values stay branch-free and vectorise.
+#: Bytes of scratch into which the passes that read or write a ReLU mask unpack its bits (a byte
+#: each), so that their loops over the values stay branch-free and vectorise; a tile of values
+#: is 8 fewer, for a start inside a byte.
 _GATE_TILE = 512
 
 #: A reduction's per-channel reference when each unit takes its first value instead.
 NO_REFERENCE = np.empty(0)
+
+#: Whether a compiled part serves the fused passes (ReLU masks, residual adds): each part is
+#: compiled twice, with this constant False and True (see ``_compiled_pair``).
+_FUSED = False
 
 #: No ReLU mask: a pass that neither records nor applies one.
 NO_MASK = np.empty(0, np.uint8)
@@ -94,7 +99,7 @@ def _copy(function, namespace, qualname):
     return copy
 
 
-def _compiled_pair(name, driver, part):
+def _compiled_pair(name, driver, part, fused=False):
     """``driver`` compiled twice - ``prange`` on the thread pool, and serially - around one compiled ``part``.
 
     ``part`` is the work of one iteration of the driver's loop (a unit of
@@ -105,9 +110,12 @@ def _compiled_pair(name, driver, part):
     input after a small one (or the other way round) compiles only a driver.
     Returns ``(parallel, serial)`` kernels named ``name`` and ``name + "_serial"``.
     The drivers call ``part`` as ``_part``, a name that only the globals of
-    these compiled copies define.
+    these compiled copies define. ``part`` sees ``_FUSED`` as ``fused``: a
+    constant that keeps only the plain passes, or only the fused ones, in
+    each compiled copy (so plain use never compiles the fused code).
     """
-    compiled_part = njit(**_SERIAL)(_copy(part, part.__globals__, f"{name}.{part.__name__}"))
+    part_namespace = dict(part.__globals__, _FUSED=fused)
+    compiled_part = njit(**_SERIAL)(_copy(part, part_namespace, f"{name}.{part.__name__}"))
     namespace = dict(driver.__globals__, _part=compiled_part)
     parallel = njit(**_PARALLEL)(_copy(driver, namespace, name))
     serial = njit(**_SERIAL)(_copy(driver, namespace, name + "_serial"))
@@ -277,50 +285,41 @@ def _passes(value):
     return 0 if value <= 0 else 1
 
 
-@njit(inline="always", **_SERIAL)
-def _spread_bits(mask, position, n, keep):
-    """``keep[i]`` = the mask's bit of walk position ``position + i`` (a multiple of 8), for ``i < n``.
+#: The eight bits of a byte spread over the eight bytes of a word (bit j -> byte j, as 0 or 1).
+_SPREAD_BYTE = np.array([sum(((b >> j) & 1) << (8 * j) for j in range(8)) for b in range(256)], np.uint64)
 
-    Eight bits at a time: the byte is copied into every byte of a word, each
-    byte keeps its own bit, and adding 0x7F carries that bit to the top.
-    """
-    words = keep.view(np.uint64)
+
+@njit(**_SERIAL)
+def _scratch(size):
+    """``(keep, words)``: ``size`` bytes (a multiple of 8) in which passes unpack or pack mask bits,
+    and the same memory as uint64 words (viewed once: a view per segment costs as much as its work)."""
+    keep = np.empty(size, np.uint8)
+    return keep, keep.view(np.uint64)
+
+
+@njit(inline="always", **_SERIAL)
+def _spread_bits(mask, position, n, words):
+    """Unpack the mask's bits of walk positions ``position + i`` (``i < n``) into the bytes of
+    ``words`` (at least ``n + 7`` bytes): returns ``offset``, with the bit of ``position + i`` in
+    byte ``offset + i``. A byte of the mask at a time, from the one that holds ``position``'s bit."""
+    offset = position & 7
     first = position >> 3
-    for w in range((n + 7) >> 3):
-        byte = np.uint64(mask[first + w])
-        spread = (byte * np.uint64(0x0101010101010101)) & np.uint64(0x8040201008040201)
-        words[w] = ((spread + np.uint64(0x7F7F7F7F7F7F7F7F)) >> np.uint64(7)) & np.uint64(0x0101010101010101)
+    for w in range((offset + n + 7) >> 3):
+        words[w] = _SPREAD_BYTE[mask[first + w]]
+    return offset
 
 
 @njit(inline="always", **_SERIAL)
-def _pack_bytes(keep, n, mask, position):
-    """The mask bytes of walk positions ``position`` (a multiple of 8) on: ``keep``'s 0/1 bytes, eight
-    at a time (a multiply gathers bit 0 of each byte of a word into its top byte)."""
-    words = keep.view(np.uint64)
+def _pack_bytes(words, n, mask, position):
+    """The mask bytes of walk positions ``position`` (a multiple of 8) on, from ``n`` 0/1 bytes in
+    ``words``, eight at a time (a multiply gathers bit 0 of each byte of a word into its top byte)."""
     first = position >> 3
     for w in range(n >> 3):
         mask[first + w] = (words[w] * np.uint64(0x0102040810204080)) >> np.uint64(56)
 
 
 @njit(inline="always", **_SERIAL)
-def _unpack_bits(mask, position, n, keep):
-    """``keep[i]`` = the mask's bit of walk position ``position + i``, for ``i < n``, a byte at a time."""
-    i = 0
-    while i < n and (position + i) & 7:
-        keep[i] = _bit(mask, position + i)
-        i += 1
-    while i + 8 <= n:
-        byte = mask[(position + i) >> 3]
-        for j in range(8):
-            keep[i + j] = (byte >> j) & 1
-        i += 8
-    while i < n:
-        keep[i] = _bit(mask, position + i)
-        i += 1
-
-
-@njit(inline="always", **_SERIAL)
-def _record_signs(out, ob, os, n, mask, position, pending, keep):
+def _record_signs(out, ob, os, n, mask, position, pending, scratch):
     """Record ``not out[ob + i * os] <= 0`` (i < n) as the mask bits of walk positions ``position + i``.
 
     The result is positive or NaN there: PyTorch's ReLU lets the gradient
@@ -337,6 +336,7 @@ def _record_signs(out, ob, os, n, mask, position, pending, keep):
         if (position + i) & 7 == 0:
             mask[(position + i - 1) >> 3] = pending
             pending = 0
+    keep, words = scratch
     while i + 8 <= n:  # whole bytes, a tile of ``keep`` at a time
         m = min(keep.size, (n - i) & ~7)
         if os == 1:
@@ -346,7 +346,7 @@ def _record_signs(out, ob, os, n, mask, position, pending, keep):
         else:
             for j in range(m):
                 keep[j] = _passes(load(out[ob + (i + j) * os]))
-        _pack_bytes(keep, m, mask, position + i)
+        _pack_bytes(words, m, mask, position + i)
         i += m
     while i < n:
         pending |= _passes(load(out[ob + i * os])) << ((position + i) & 7)
@@ -380,34 +380,29 @@ def _terms(x, dy, k, deviations):
 
 
 @njit(inline="always", **_SERIAL)
-def _segment_pairs(x, xb, xs, dy, gb, gs, n, k, deviations, first, second, mask, position, keep):
+def _segment_pairs(x, xb, xs, dy, gb, gs, n, k, deviations, first, second, gated, mask, position, scratch):
     """Add ``_terms`` of ``n`` values at ``xb``/``gb`` (strides ``xs``/``gs``) to the running pair.
 
-    With a ``mask`` (the backward through a ReLU) ``dy`` counts only where
-    the bit of its walk position (``position + i``) is set; ``keep`` is
-    scratch for ``_GATE_TILE`` unpacked bits.
+    ``gated`` (the backward through a ReLU): ``dy`` counts only where
+    the bit of its walk position (``position + i``) is set; ``scratch`` (see
+    ``_scratch``) receives ``_GATE_TILE`` unpacked bits at a time.
     """
-    if mask.size:
-        head = min(n, -position & 7)  # up to the first whole byte of the mask
-        for i in range(head):
-            g = np.float64(load(dy[gb + i * gs])) if _bit(mask, position + i) else 0.0
-            a, b = _terms(load(x[xb + i * xs]), g, k, deviations)
-            first += a
-            second += b
-        for t in range(head, n, _GATE_TILE):
-            m = min(_GATE_TILE, n - t)
-            _spread_bits(mask, position + t, m, keep)
+    if gated:
+        keep, words = scratch
+        for t in range(0, n, _GATE_TILE - 8):
+            m = min(_GATE_TILE - 8, n - t)
+            o = _spread_bits(mask, position + t, m, words)
             if xs == 1 and gs == 1:
                 xv, gv = x[xb + t : xb + t + m], dy[gb + t : gb + t + m]
                 for i in range(m):
                     g = np.float64(load(gv[i]))
-                    a, b = _terms(load(xv[i]), g if keep[i] != 0 else 0.0, k, deviations)
+                    a, b = _terms(load(xv[i]), g if keep[o + i] != 0 else 0.0, k, deviations)
                     first += a
                     second += b
             else:
                 for i in range(m):
                     g = np.float64(load(dy[gb + (t + i) * gs]))
-                    a, b = _terms(load(x[xb + (t + i) * xs]), g if keep[i] != 0 else 0.0, k, deviations)
+                    a, b = _terms(load(x[xb + (t + i) * xs]), g if keep[o + i] != 0 else 0.0, k, deviations)
                     first += a
                     second += b
     elif xs == 1 and gs == 1:
@@ -426,11 +421,18 @@ def _segment_pairs(x, xb, xs, dy, gb, gs, n, k, deviations, first, second, mask,
 
 
 @njit(inline="always", **_SERIAL)
-def _run_unit_pairs(x, xo, xst, dy, go, gst, shape, c, start, stop, reference, mask, positions):
+def _run_unit_pairs(x, xo, xst, dy, go, gst, shape, c, start, stop, reference, mask, positions, scratch, gated):
     """Sums of ``_terms`` over values ``start:stop`` of channel ``c`` (channel-major runs), and the ``k`` used.
 
-    ``positions``: the walk-position strides of the view's axes, where a ``mask`` is read.
+    ``positions``: the walk-position strides of the view's axes, where a
+    ``gated`` walk reads ``mask``.
     """
+    return _run_unit_walk(x, xo, xst, dy, go, gst, shape, c, start, stop, reference, mask, positions, scratch, gated)
+
+
+@njit(inline="always", **_SERIAL)
+def _run_unit_walk(x, xo, xst, dy, go, gst, shape, c, start, stop, reference, mask, positions, scratch, gated):
+    """The walk of ``_run_unit_pairs``."""
     B, D, M = shape[2], shape[3], shape[4]
     row, m = divmod(start, M)
     a, b, d = _split3(row, B, D)
@@ -440,7 +442,6 @@ def _run_unit_pairs(x, xo, xst, dy, go, gst, shape, c, start, stop, reference, m
         k = np.float64(load(x[xo + c * xst[0] + a * xst[1] + b * xst[2] + d * xst[3] + m * xst[4]]))
     first = 0.0
     second = 0.0
-    keep = np.empty(_GATE_TILE if mask.size else 0, np.uint8)
     position = start
     while position < stop:
         n = min(M - m, stop - position)
@@ -448,7 +449,7 @@ def _run_unit_pairs(x, xo, xst, dy, go, gst, shape, c, start, stop, reference, m
         gb = go + c * gst[0] + a * gst[1] + b * gst[2] + d * gst[3] + m * gst[4]
         walk = c * positions[0] + a * positions[1] + b * positions[2] + d * positions[3] + m * positions[4]
         first, second = _segment_pairs(
-            x, xb, xst[4], dy, gb, gst[4], n, k, reference.size == 0, first, second, mask, walk, keep
+            x, xb, xst[4], dy, gb, gst[4], n, k, reference.size == 0, first, second, gated, mask, walk, scratch
         )
         position += n
         m = 0
@@ -456,15 +457,23 @@ def _run_unit_pairs(x, xo, xst, dy, go, gst, shape, c, start, stop, reference, m
     return first, second, k
 
 
-def _reduce_run_unit(x, xo, xst, dy, go, gst, shape, reference, mask, positions, units, u, first, second, references):
+def _reduce_run_unit(
+    x, xo, xst, dy, go, gst, shape, reference, mask, positions, no_scratch, units, u, first, second, references
+):
     """Unit ``u`` of ``_reduce_runs``: its sums and reference into ``(units, C)`` arrays."""
     total = shape[1] * shape[2] * shape[3] * shape[4]
     c, k = divmod(u, units)
     start = _part_start(k, total, units)
     stop = _part_start(k + 1, total, units)
-    first[k, c], second[k, c], references[k, c] = _run_unit_pairs(
-        x, xo, xst, dy, go, gst, shape, c, start, stop, reference, mask, positions
-    )
+    # Scratch for unpacked mask bits only where a mask is read: an allocation per unit costs ~5%.
+    if _FUSED:
+        first[k, c], second[k, c], references[k, c] = _run_unit_pairs(
+            x, xo, xst, dy, go, gst, shape, c, start, stop, reference, mask, positions, _scratch(_GATE_TILE), True
+        )
+    else:
+        first[k, c], second[k, c], references[k, c] = _run_unit_pairs(
+            x, xo, xst, dy, go, gst, shape, c, start, stop, reference, mask, positions, no_scratch, False
+        )
 
 
 def _reduce_runs(x, xo, xst, dy, go, gst, shape, reference, mask, positions, chunk):
@@ -475,26 +484,28 @@ def _reduce_runs(x, xo, xst, dy, go, gst, shape, reference, mask, positions, chu
     first = np.empty((units, C))
     second = np.empty((units, C))
     references = np.empty((units, C))
+    no_scratch = _scratch(0)
     for u in prange(C * units):
         # prange indices may be unsigned
         _part(  # noqa: F821
-            x, xo, xst, dy, go, gst, shape, reference, mask, positions, units, np.int64(u), first, second, references
+            x, xo, xst, dy, go, gst, shape, reference, mask, positions, no_scratch, units, np.int64(u),
+            first, second, references,
         )
     return _reduction_result(_unit_sizes(total, units), first, second, references, reference.size == 0)
 
 
 @njit(inline="always", **_SERIAL)
-def _row_block_pairs(x, xo, xst, dy, go, gst, shape, first_row, stop, k, deviations, first, second, mask):
+def _row_block_pairs(x, xo, xst, dy, go, gst, shape, first_row, stop, k, deviations, first, second, mask, gated):
     """Sums of ``_terms`` over rows ``first_row:stop`` into tiles (``k``: the tiled references).
 
-    With a ``mask``, ``dy`` counts only where the bit of its walk position
-    (``row * C + c``) is set.
+    ``gated``: ``dy`` counts only where the ``mask``'s bit of its walk
+    position (``row * C + c``) is set.
     """
     B, D, R, C = shape[1], shape[2], shape[3], shape[4]
     width = k.size
     first[:] = 0.0
     second[:] = 0.0
-    keep = np.empty(width if mask.size else 0, np.uint8)
+    keep, words = _scratch((width + 15) & ~7 if gated else 0)  # see _spread_bits
     packed = xst[4] == 1 and xst[3] == C and gst[4] == 1 and gst[3] == C
     a, b, d = _split3(first_row // R, B, D)
     r = first_row % R
@@ -503,16 +514,16 @@ def _row_block_pairs(x, xo, xst, dy, go, gst, shape, first_row, stop, k, deviati
         n = min(R - r, stop - row)
         xb = _offset4(xo, xst, a, b, d, r)
         gb = _offset4(go, gst, a, b, d, r)
-        if mask.size and packed:
+        if gated and packed:
             for t in range(0, n * C, width):
                 m = min(width, n * C - t)
-                _unpack_bits(mask, row * C + t, m, keep)
+                o = _spread_bits(mask, row * C + t, m, words)
                 for j in range(m):
                     g = np.float64(load(dy[gb + t + j]))
-                    u, v = _terms(load(x[xb + t + j]), g if keep[j] else 0.0, k[j], deviations)
+                    u, v = _terms(load(x[xb + t + j]), g if keep[o + j] != 0 else 0.0, k[j], deviations)
                     first[j] += u
                     second[j] += v
-        elif mask.size:
+        elif gated:
             for i in range(n):
                 for c in range(C):
                     g = np.float64(load(dy[gb + i * gst[3] + c * gst[4]])) if _bit(mask, (row + i) * C + c) else 0.0
@@ -579,7 +590,7 @@ def _reduce_row_block(x, xo, xst, dy, go, gst, shape, reference, mask, blocks, b
     for offset in range(C, width, C):
         k[offset : offset + C] = k[:C]
     _row_block_pairs(
-        x, xo, xst, dy, go, gst, shape, start, stop, k, reference.size == 0, tile_first, tile_second, mask
+        x, xo, xst, dy, go, gst, shape, start, stop, k, reference.size == 0, tile_first, tile_second, mask, _FUSED
     )
     for offset in range(C, width, C):
         for c in range(C):
@@ -670,81 +681,80 @@ def _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, mode,
 
 @njit(inline="always", **_SERIAL)
 def _gated_segment_values(
-    x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, keep
+    x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, scratch
 ):
     """``_segment_values`` through a ReLU: what passed goes to ``out2`` too, when it is not empty.
 
-    The mask's bits are unpacked a tile at a time into ``keep`` (scratch of
-    ``_GATE_TILE`` bytes), so the loops over the values select without branching.
+    The mask's bits are unpacked a tile at a time into ``scratch`` (see
+    ``_scratch``), so the loops over the values select without branching.
     """
-    head = min(n, -position & 7)  # up to the first whole byte of the mask
-    _unpack_bits(mask, position, head, keep)
-    _gated_run(x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, head, k0, k1, k2, k3, mode, zero, keep)
-    for t in range(head, n, _GATE_TILE):
-        m = min(_GATE_TILE, n - t)
-        _spread_bits(mask, position + t, m, keep)
+    keep, words = scratch
+    for t in range(0, n, _GATE_TILE - 8):
+        m = min(_GATE_TILE - 8, n - t)
+        o = _spread_bits(mask, position + t, m, words)
         _gated_run(
             x, xb + t * xs, xs, dy, gb + t * gs, gs, out, ob + t * os, os, out2, o2b + t * o2s, o2s, m,
-            k0, k1, k2, k3, mode, zero, keep,
+            k0, k1, k2, k3, mode, zero, keep, o,
         )
 
 
 @njit(inline="always", **_SERIAL)
-def _gated_run(x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, m, k0, k1, k2, k3, mode, zero, keep):
-    """``m`` values of ``_gated_segment_values`` with their bits already in ``keep``."""
+def _gated_run(x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, m, k0, k1, k2, k3, mode, zero, keep, o):
+    """``m`` values of ``_gated_segment_values`` with their bits already in ``keep[o:]``."""
     if xs == 1 and gs == 1 and os == 1:
         xv, gv, ov = x[xb : xb + m], dy[gb : gb + m], out[ob : ob + m]
         for i in range(m):
-            value, _ = _gated_value(load(xv[i]), load(gv[i]), keep[i] != 0, k0, k1, k2, k3, mode, zero)
+            value, _ = _gated_value(load(xv[i]), load(gv[i]), keep[o + i] != 0, k0, k1, k2, k3, mode, zero)
             ov[i] = store(value, out)
     else:
         for i in range(m):
             value, _ = _gated_value(
-                load(x[xb + i * xs]), load(dy[gb + i * gs]), keep[i] != 0, k0, k1, k2, k3, mode, zero
+                load(x[xb + i * xs]), load(dy[gb + i * gs]), keep[o + i] != 0, k0, k1, k2, k3, mode, zero
             )
             out[ob + i * os] = store(value, out)
     if out2.size:
-        _write_passed(dy, gb, gs, out2, o2b, o2s, m, keep, zero)
+        _write_passed(dy, gb, gs, out2, o2b, o2s, m, keep, o, zero)
 
 
 @njit(inline="always", **_SERIAL)
-def _write_passed(dy, gb, gs, out2, o2b, o2s, n, keep, zero):
-    """``out2`` receives ``dy`` where ``keep`` is set, else 0: the gradient that passed a ReLU."""
+def _write_passed(dy, gb, gs, out2, o2b, o2s, n, keep, o, zero):
+    """``out2`` receives ``dy`` where ``keep[o:]`` is set, else 0: the gradient that passed a ReLU."""
     if gs == 1 and o2s == 1:
         gv, o2v = dy[gb : gb + n], out2[o2b : o2b + n]
         for i in range(n):
-            o2v[i] = store(load(gv[i]) if keep[i] != 0 else zero, out2)
+            o2v[i] = store(load(gv[i]) if keep[o + i] != 0 else zero, out2)
     else:
         for i in range(n):
-            out2[o2b + i * o2s] = store(load(dy[gb + i * gs]) if keep[i] != 0 else zero, out2)
+            out2[o2b + i * o2s] = store(load(dy[gb + i * gs]) if keep[o + i] != 0 else zero, out2)
 
 
 @njit(inline="always", **_SERIAL)
-def _gated_tile_values(x, xb, dy, gb, out, ob, out2, o2b, n, k, mode, zero, mask, position, keep):
+def _gated_tile_values(x, xb, dy, gb, out, ob, out2, o2b, n, k, mode, zero, mask, position, scratch):
     """``_tile_values`` through a ReLU (packed rows, per-value coefficients ``k``), as ``_gated_segment_values``."""
-    _unpack_bits(mask, position, n, keep)
+    keep, words = scratch
+    o = _spread_bits(mask, position, n, words)
     xv, gv, ov = x[xb : xb + n], dy[gb : gb + n], out[ob : ob + n]
     k0, k1, k2, k3 = k[0], k[1], k[2], k[3]
     for j in range(n):
-        value, _ = _gated_value(load(xv[j]), load(gv[j]), keep[j], k0[j], k1[j], k2[j], k3[j], mode, zero)
+        value, _ = _gated_value(load(xv[j]), load(gv[j]), keep[o + j] != 0, k0[j], k1[j], k2[j], k3[j], mode, zero)
         ov[j] = store(value, out)
     if out2.size:
-        _write_passed(dy, gb, 1, out2, o2b, 1, n, keep, zero)
+        _write_passed(dy, gb, 1, out2, o2b, 1, n, keep, o, zero)
 
 
 @njit(inline="always", **_SERIAL)
 def _segment(
-    x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, pending, keep
+    x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, pending, scratch
 ):
     """One segment of a pass at walk ``position``; returns the mask bits still pending (``_record_signs``)."""
     if mode & GATE:
         _gated_segment_values(
-            x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, keep
+            x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, scratch
         )
         return pending
     _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, mode, zero)
     if mode & RELU and mask.size:
-        pending = _record_signs(out, ob, os, n, mask, position, pending, keep)
+        pending = _record_signs(out, ob, os, n, mask, position, pending, scratch)
     return pending
 
 
@@ -759,7 +769,9 @@ def _tile_values(x, xb, dy, gb, out, ob, n, k, mode, zero):
         ov[j] = store(_value(load(xv[j]), load(gv[j]), k0[j], k1[j], k2[j], k3[j], mode, zero), out)
 
 
-def _elementwise_runs(x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, mode, mask, part):
+def _elementwise_runs(
+    x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, mode, mask, part
+):
     """``out = _value(x, dy, k[:, c])`` (or its ``mode``'s variant) on runs, walked in memory order, in parts
     of about ``part`` values.
 
@@ -784,14 +796,52 @@ def _elementwise_runs(x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, sh
 def _elementwise_run_part(
     x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, mode, mask, packed, parts, p
 ):
-    """Part ``p`` of ``_elementwise_runs``."""
+    """Part ``p`` of ``_elementwise_runs``: ``_run_part_walk`` with a literal ``mode`` per branch.
+
+    Each inlined copy then keeps only its own arithmetic (one walk for every
+    mode ran ~40% slower on short runs, 14x14 images, where the loop's
+    surroundings count); ``_FUSED`` picks the plain or the fused copies.
+    """
+    if not _FUSED:
+        if mode == 0:
+            _run_part_walk(
+                x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, 0, mask, packed,
+                parts, p,
+            )
+        else:
+            _run_part_walk(
+                x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, ADD, mask, packed,
+                parts, p,
+            )
+    elif mode == RELU:
+        _run_part_walk(
+            x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, RELU, mask, packed,
+            parts, p,
+        )
+    elif mode == ADD | RELU:
+        _run_part_walk(
+            x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, ADD | RELU, mask,
+            packed, parts, p,
+        )
+    else:  # the gated passes of the backward
+        _run_part_walk(
+            x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, mode, mask, packed,
+            parts, p,
+        )
+
+
+@njit(inline="always", **_SERIAL)
+def _run_part_walk(
+    x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, mode, mask, packed, parts, p
+):
+    """The walk of part ``p`` of ``_elementwise_runs``."""
     N1, N2, N3, M = shape[1], shape[2], shape[3], shape[4]
     total = shape[0] * N1 * N2 * N3 * M
     position = _aligned_part_start(p, total, parts, 8)
     stop = _aligned_part_start(p + 1, total, parts, 8)
     zero = k.dtype.type(0)
     pending = 0
-    keep = np.empty(_GATE_TILE if mode & (GATE | RELU) else 0, np.uint8)  # unpacked or packing mask bits
+    scratch = _scratch(_GATE_TILE if mode & (GATE | RELU) else 0)  # unpacked or packing mask bits
     if packed:
         # Runs lie back to back: a value's flat position is its offset from the origin.
         c = (position // M) % N3
@@ -799,7 +849,7 @@ def _elementwise_run_part(
             n = min(M - position % M, stop - position)
             pending = _segment(
                 x, xo + position, 1, dy, go + position, 1, out, oo + position, 1, out2, o2o + position, 1, n,
-                k[0, c], k[1, c], k[2, c], k[3, c], mode, zero, mask, position, pending, keep,
+                k[0, c], k[1, c], k[2, c], k[3, c], mode, zero, mask, position, pending, scratch,
             )
             position += n
             c = c + 1 if c + 1 < N3 else 0
@@ -815,7 +865,7 @@ def _elementwise_run_part(
             o2b = _offset4(o2o, o2st, i0, i1, i2, i3) + m * o2st[4]
             pending = _segment(
                 x, xb, xst[4], dy, gb, gst[4], out, ob, ost[4], out2, o2b, o2st[4], n,
-                k[0, c], k[1, c], k[2, c], k[3, c], mode, zero, mask, position, pending, keep,
+                k[0, c], k[1, c], k[2, c], k[3, c], mode, zero, mask, position, pending, scratch,
             )
             position += n
             m = 0
@@ -845,7 +895,42 @@ def _elementwise_rows(x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, sh
 def _elementwise_row_block(
     x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, mode, mask, packed, blocks, block
 ):
-    """Block ``block`` of ``_elementwise_rows`` (``tiled``: the coefficients repeated to a tile's width)."""
+    """Block ``block`` of ``_elementwise_rows``: ``_row_block_walk`` with a literal ``mode`` per branch
+    (see ``_elementwise_run_part``)."""
+    if not _FUSED:
+        if mode == 0:
+            _row_block_walk(
+                x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, 0, mask, packed, blocks,
+                block,
+            )
+        else:
+            _row_block_walk(
+                x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, ADD, mask, packed, blocks,
+                block,
+            )
+    elif mode == RELU:
+        _row_block_walk(
+            x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, RELU, mask, packed, blocks,
+            block,
+        )
+    elif mode == ADD | RELU:
+        _row_block_walk(
+            x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, ADD | RELU, mask, packed, blocks,
+            block,
+        )
+    else:  # the gated passes of the backward
+        _row_block_walk(
+            x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, mode, mask, packed, blocks,
+            block,
+        )
+
+
+@njit(inline="always", **_SERIAL)
+def _row_block_walk(
+    x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, mode, mask, packed, blocks, block
+):
+    """The walk of block ``block`` of ``_elementwise_rows`` (``tiled``: the coefficients repeated to a
+    tile's width)."""
     B, D, R, C = shape[1], shape[2], shape[3], shape[4]
     rows = shape[0] * B * D * R
     width = tiled.shape[1]
@@ -854,7 +939,7 @@ def _elementwise_row_block(
     stop = _aligned_part_start(block + 1, rows, blocks, align)
     zero = k.dtype.type(0)
     pending = 0
-    keep = np.empty((max(width, _GATE_TILE) + 7) & ~7 if mode & (GATE | RELU) else 0, np.uint8)  # whole words
+    scratch = _scratch((max(width, _GATE_TILE) + 15) & ~7 if mode & (GATE | RELU) else 0)  # see _spread_bits
     packed_out2 = out2.size == 0 or (o2st[4] == 1 and o2st[3] == C)
     a, b, d = _split3(row // R, B, D)
     r = row % R
@@ -869,21 +954,21 @@ def _elementwise_row_block(
                 count = min(width, n * C - t)
                 _gated_tile_values(
                     x, xb + t, dy, gb + t, out, ob + t, out2, o2b + t, count, tiled, mode, zero, mask, row * C + t,
-                    keep,
+                    scratch,
                 )
         elif packed and not mode & GATE:
             for t in range(0, n * C, width):
                 count = min(width, n * C - t)
                 _tile_values(x, xb + t, dy, gb + t, out, ob + t, count, tiled, mode, zero)
                 if mode & RELU and mask.size:
-                    pending = _record_signs(out, ob + t, 1, count, mask, row * C + t, pending, keep)
+                    pending = _record_signs(out, ob + t, 1, count, mask, row * C + t, pending, scratch)
         else:
             for i in range(n):
                 for c in range(C):
                     pending = _segment(
                         x, xb + i * xst[3] + c * xst[4], 0, dy, gb + i * gst[3] + c * gst[4], 0,
                         out, ob + i * ost[3] + c * ost[4], 0, out2, o2b + i * o2st[3] + c * o2st[4], 0, 1,
-                        k[0, c], k[1, c], k[2, c], k[3, c], mode, zero, mask, (row + i) * C + c, pending, keep,
+                        k[0, c], k[1, c], k[2, c], k[3, c], mode, zero, mask, (row + i) * C + c, pending, scratch,
                     )
         row += n
         r = 0
@@ -903,15 +988,35 @@ reduce_runs, reduce_runs_serial = _compiled_pair("reduce_runs", _reduce_runs, _r
 #: as ``reduce_runs`` (rows are walked in order: ``positions`` is unused).
 reduce_rows, reduce_rows_serial = _compiled_pair("reduce_rows", _reduce_rows, _reduce_row_block)
 #: ``(x, ..., dy, ..., out, ..., out2, ..., shape, channel_position, k, mode, mask, part)``:
-#: ``out = (x - k0) * k1 + k2``, and what ``mode`` adds (``ADD``, ``RELU``, ``GATE``, ``NO_X``).
+#: ``out = (x - k0) * k1 + k2``, and ``ADD`` adds ``k3 * dy``.
 elementwise_runs, elementwise_runs_serial = _compiled_pair("elementwise_runs", _elementwise_runs, _elementwise_run_part)
 #: ``(x, ..., dy, ..., out, ..., out2, ..., shape, k, mode, mask, blocks)``: as ``elementwise_runs``.
 elementwise_rows, elementwise_rows_serial = _compiled_pair(
     "elementwise_rows", _elementwise_rows, _elementwise_row_block
 )
+# The fused twins, compiled on first use of a fused ReLU or residual: the backward sums gated by a
+# mask (``reduce_*`` with a mask), and the modes with ``RELU`` or ``GATE`` (``elementwise_*``).
+fused_reduce_runs, fused_reduce_runs_serial = _compiled_pair(
+    "fused_reduce_runs", _reduce_runs, _reduce_run_unit, fused=True
+)
+fused_reduce_rows, fused_reduce_rows_serial = _compiled_pair(
+    "fused_reduce_rows", _reduce_rows, _reduce_row_block, fused=True
+)
+fused_elementwise_runs, fused_elementwise_runs_serial = _compiled_pair(
+    "fused_elementwise_runs", _elementwise_runs, _elementwise_run_part, fused=True
+)
+fused_elementwise_rows, fused_elementwise_rows_serial = _compiled_pair(
+    "fused_elementwise_rows", _elementwise_rows, _elementwise_row_block, fused=True
+)
 
-_RUNS_KERNELS = (reduce_runs, reduce_runs_serial, elementwise_runs, elementwise_runs_serial)
-_ROWS_KERNELS = (reduce_rows, reduce_rows_serial, elementwise_rows, elementwise_rows_serial)
+_RUNS_KERNELS = (
+    reduce_runs, reduce_runs_serial, elementwise_runs, elementwise_runs_serial,
+    fused_reduce_runs, fused_reduce_runs_serial, fused_elementwise_runs, fused_elementwise_runs_serial,
+)
+_ROWS_KERNELS = (
+    reduce_rows, reduce_rows_serial, elementwise_rows, elementwise_rows_serial,
+    fused_reduce_rows, fused_reduce_rows_serial, fused_elementwise_rows, fused_elementwise_rows_serial,
+)
 compile_notice.install(
     {kernel: "channels-first" for kernel in _RUNS_KERNELS} | {kernel: "channels-last" for kernel in _ROWS_KERNELS}
 )
