@@ -220,12 +220,18 @@ def _packed_runs(strides, shape, channel_position):
 
 
 @njit(**_SERIAL)
-def _tile_width(C):
-    """Values per tile of packed rows: whole rows, a multiple of 8 when cheap."""
+def _gcd8(C):
+    """gcd(C, 8)."""
     a, b = C, 8
     while b:
         a, b = b, a % b
-    period = C * 8 // a  # lcm(C, 8)
+    return a
+
+
+@njit(**_SERIAL)
+def _tile_width(C):
+    """Values per tile of packed rows: whole rows, a multiple of 8 when cheap."""
+    period = C * 8 // _gcd8(C)  # lcm(C, 8)
     if period > 8 * _TILE_VALUES:
         period = C
     return period * max(1, (_TILE_VALUES + period - 1) // period)
@@ -266,11 +272,8 @@ def _aligned_part_start(part, total, parts, align):
 
 @njit(**_SERIAL)
 def _rows_per_byte(C):
-    """Fewest whole rows of C values that fill whole bytes of a mask (8 / gcd(C, 8))."""
-    a, b = C, 8
-    while b:
-        a, b = b, a % b
-    return 8 // a
+    """Fewest whole rows of C values that fill whole bytes of a mask."""
+    return 8 // _gcd8(C)
 
 
 @njit(inline="always", **_SERIAL)
@@ -427,12 +430,6 @@ def _run_unit_pairs(x, xo, xst, dy, go, gst, shape, c, start, stop, reference, m
     ``positions``: the walk-position strides of the view's axes, where a
     ``gated`` walk reads ``mask``.
     """
-    return _run_unit_walk(x, xo, xst, dy, go, gst, shape, c, start, stop, reference, mask, positions, scratch, gated)
-
-
-@njit(inline="always", **_SERIAL)
-def _run_unit_walk(x, xo, xst, dy, go, gst, shape, c, start, stop, reference, mask, positions, scratch, gated):
-    """The walk of ``_run_unit_pairs``."""
     B, D, M = shape[2], shape[3], shape[4]
     row, m = divmod(start, M)
     a, b, d = _split3(row, B, D)
@@ -657,11 +654,11 @@ def _value(x, dy, k0, k1, k2, k3, mode, zero):
 
 @njit(inline="always", **_SERIAL)
 def _gated_value(x, dy, keep, k0, k1, k2, k3, mode, zero):
-    """The backward through a ReLU: ``(value, passed)``, ``dy`` passing only where ``keep``."""
+    """The backward through a ReLU: the input gradient, ``dy`` passing only where ``keep``."""
     passed = dy if keep else zero
     if mode & NO_X:
-        return k3 * passed, passed
-    return (x - k0) * k1 + k2 + k3 * passed, passed
+        return k3 * passed
+    return (x - k0) * k1 + k2 + k3 * passed
 
 
 @njit(inline="always", **_SERIAL)
@@ -704,11 +701,11 @@ def _gated_run(x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, m, k0, k1, k2
     if xs == 1 and gs == 1 and os == 1:
         xv, gv, ov = x[xb : xb + m], dy[gb : gb + m], out[ob : ob + m]
         for i in range(m):
-            value, _ = _gated_value(load(xv[i]), load(gv[i]), keep[o + i] != 0, k0, k1, k2, k3, mode, zero)
+            value = _gated_value(load(xv[i]), load(gv[i]), keep[o + i] != 0, k0, k1, k2, k3, mode, zero)
             ov[i] = store(value, out)
     else:
         for i in range(m):
-            value, _ = _gated_value(
+            value = _gated_value(
                 load(x[xb + i * xs]), load(dy[gb + i * gs]), keep[o + i] != 0, k0, k1, k2, k3, mode, zero
             )
             out[ob + i * os] = store(value, out)
@@ -736,7 +733,7 @@ def _gated_tile_values(x, xb, dy, gb, out, ob, out2, o2b, n, k, mode, zero, mask
     xv, gv, ov = x[xb : xb + n], dy[gb : gb + n], out[ob : ob + n]
     k0, k1, k2, k3 = k[0], k[1], k[2], k[3]
     for j in range(n):
-        value, _ = _gated_value(load(xv[j]), load(gv[j]), keep[o + j] != 0, k0[j], k1[j], k2[j], k3[j], mode, zero)
+        value = _gated_value(load(xv[j]), load(gv[j]), keep[o + j] != 0, k0[j], k1[j], k2[j], k3[j], mode, zero)
         ov[j] = store(value, out)
     if out2.size:
         _write_passed(dy, gb, 1, out2, o2b, 1, n, keep, o, zero)
