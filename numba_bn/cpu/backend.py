@@ -29,11 +29,11 @@ _KERNEL_VECTOR_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 #: ``(walk, layout, serial)`` -> kernel. The statistics and the backward sums
 #: share the reduction kernels; the normalisation and the input gradient share
-#: the elementwise ones (a flag picks what they compute). The ``fused_*``
-#: walks are their twins for a ReLU mask and the fused modes.
+#: the elementwise ones (a flag picks what they compute). The ``relu_*`` and
+#: ``gated_*`` walks are their twins through a fused ReLU.
 _KERNELS = {
     (walk, layout, serial): getattr(kernels, f"{walk}_{layout}" + ("_serial" if serial else ""))
-    for walk in ("reduce", "elementwise", "fused_reduce", "fused_elementwise")
+    for walk in kernels.WALKS
     for layout in (RUNS, ROWS)
     for serial in (False, True)
 }
@@ -130,7 +130,8 @@ def _elementwise(x, second, channel_axis, coefficients, mode, out=None, out2=Non
     (ob, oo, os), (o2b, o2o, o2s) = operands[len(inputs)], operands[-1]
     if out2 is None:
         o2b = ob[:0]
-    kernel = _kernel("elementwise" if mode in (0, kernels.ADD) else "fused_elementwise", layout, x.size)
+    walk = "gated_elementwise" if mode & kernels.GATE else "relu_elementwise" if mode & kernels.RELU else "elementwise"
+    kernel = _kernel(walk, layout, x.size)
     if layout == ROWS:
         kernel(xb, xo, xs, gb, go, gs, ob, oo, os, o2b, o2o, o2s, shape, coefficients, mode, mask, _row_blocks(x))
     else:
@@ -182,7 +183,7 @@ def grad_sums(x, grad_output, channel_axis, mean, mask=kernels.NO_MASK):
         channel_axis, [_kernel_array(x), _kernel_array(grad_output)]
     )
     positions = walk_positions(layout, shape, xs) if mask.size else kernels.NO_POSITIONS
-    kernel = _kernel("fused_reduce" if mask.size else "reduce", layout, x.size)
+    kernel = _kernel("gated_reduce" if mask.size else "reduce", layout, x.size)
     _, sum_dy, sum_dy_xmu = kernel(xb, xo, xs, gb, go, gs, shape, mean, mask, positions, _split(layout, x, shape))
     return sum_dy, sum_dy_xmu
 

@@ -20,14 +20,17 @@ float64 sums exact enough and constant data exactly zero, merged with Chan's
 formula) or the backward's ``sum(dy)`` and ``sum(dy * (x - mean))``; and
 ``elementwise_*`` writes ``(x - k0) * k1 + k2`` per element, plus ``k3 * dy``
 for the input gradient (or ``k3 * residual`` for a fused residual add), with
-per-channel coefficients ``k``, optionally through a ReLU.
+per-channel coefficients ``k``. The flags are loop invariants, hoisted by
+LLVM (timed against the separate kernels they replaced: the same speed
+within this machine's noise).
 
 A fused ReLU keeps one bit per value for its backward: the forward's
 elementwise pass records ``not result <= 0`` at each value's position in its
 walk (the memory order of ``x``), and the backward's passes read the bit of
-the same position to let ``dy`` through. The flags are
-loop invariants, hoisted by LLVM (timed against the separate kernels they
-replaced: the same speed within this machine's noise).
+the same position to let ``dy`` through. These passes are the same walks
+compiled again with their own per-segment work (``relu_elementwise_*``,
+``gated_elementwise_*``, ``gated_reduce_*``), on first use: the plain
+kernels hold none of their code, which would triple their compile time.
 Helpers are inlined by Numba (``inline="always"``): as calls they cost ~10%
 on short runs such as 14x14 images.
 
@@ -65,9 +68,9 @@ _GATE_TILE = 512
 #: A reduction's per-channel reference when each unit takes its first value instead.
 NO_REFERENCE = np.empty(0)
 
-#: Whether a compiled part serves the fused passes (ReLU masks, residual adds): each part is
-#: compiled twice, with this constant False and True (see ``_compiled_pair``).
-_FUSED = False
+#: Whether a compiled reduction counts ``dy`` only where a ReLU mask lets it through: each
+#: reduction is compiled with this constant False and True (see ``_compiled_pair``).
+_GATED = False
 
 #: No ReLU mask: a pass that neither records nor applies one.
 NO_MASK = np.empty(0, np.uint8)
@@ -99,7 +102,7 @@ def _copy(function, namespace, qualname):
     return copy
 
 
-def _compiled_pair(name, driver, part, fused=False):
+def _compiled_pair(name, driver, part, **part_globals):
     """``driver`` compiled twice - ``prange`` on the thread pool, and serially - around one compiled ``part``.
 
     ``part`` is the work of one iteration of the driver's loop (a unit of
@@ -110,11 +113,11 @@ def _compiled_pair(name, driver, part, fused=False):
     input after a small one (or the other way round) compiles only a driver.
     Returns ``(parallel, serial)`` kernels named ``name`` and ``name + "_serial"``.
     The drivers call ``part`` as ``_part``, a name that only the globals of
-    these compiled copies define. ``part`` sees ``_FUSED`` as ``fused``: a
-    constant that keeps only the plain passes, or only the fused ones, in
-    each compiled copy (so plain use never compiles the fused code).
+    these compiled copies define. ``part_globals`` replace globals of
+    ``part`` in its compiled copy: the kind of pass it compiles (``_GATED``,
+    or an entry of ``_PASSES``), so that each kernel holds only its own code.
     """
-    part_namespace = dict(part.__globals__, _FUSED=fused)
+    part_namespace = dict(part.__globals__, **part_globals)
     compiled_part = njit(**_SERIAL)(_copy(part, part_namespace, f"{name}.{part.__name__}"))
     namespace = dict(driver.__globals__, _part=compiled_part)
     parallel = njit(**_PARALLEL)(_copy(driver, namespace, name))
@@ -463,7 +466,7 @@ def _reduce_run_unit(
     start = _part_start(k, total, units)
     stop = _part_start(k + 1, total, units)
     # Scratch for unpacked mask bits only where a mask is read: an allocation per unit costs ~5%.
-    if _FUSED:
+    if _GATED:
         first[k, c], second[k, c], references[k, c] = _run_unit_pairs(
             x, xo, xst, dy, go, gst, shape, c, start, stop, reference, mask, positions, _scratch(_GATE_TILE), True
         )
@@ -587,7 +590,7 @@ def _reduce_row_block(x, xo, xst, dy, go, gst, shape, reference, mask, blocks, b
     for offset in range(C, width, C):
         k[offset : offset + C] = k[:C]
     _row_block_pairs(
-        x, xo, xst, dy, go, gst, shape, start, stop, k, reference.size == 0, tile_first, tile_second, mask, _FUSED
+        x, xo, xst, dy, go, gst, shape, start, stop, k, reference.size == 0, tile_first, tile_second, mask, _GATED
     )
     for offset in range(C, width, C):
         for c in range(C):
@@ -632,13 +635,15 @@ def _reduction_result(sizes, first, second, references, deviations):
 
 
 # ------------------------------------------------------ elementwise passes
-# One walk serves every pass (``mode``): ``(x - k0) * k1 + k2``, plus
-# ``k3 * second`` with ``ADD`` (the forward's residual, or ``dy`` for the
-# input gradient), clamped with ``RELU``; ``GATE`` and ``NO_X`` serve the
-# backward through a ReLU. ``second`` is ``x`` again for a one-input pass,
-# and an unused second output is empty. The flags are loop invariants, so
-# each pass keeps a tight loop. Parts start on whole bytes of the ReLU mask,
-# whose bit for a value is its position in this walk (memory order of ``x``).
+# Three kinds of pass, each compiled as its own kernels from one walk (see
+# ``_PASSES``): plain ``(x - k0) * k1 + k2``, plus ``k3 * second`` with ``ADD``
+# (``dy`` for the input gradient, or the forward's residual); ``relu``, the
+# same clamped at 0 and recording its mask; ``gated``, the backward through a
+# ReLU (``GATE``, and ``NO_X`` through constant statistics). ``second`` is
+# ``x`` again for a one-input pass, and an unused second output is empty. The
+# flags are loop invariants, so each pass keeps a tight loop. Parts start on
+# whole bytes of the ReLU mask, whose bit for a value is its position in this
+# walk (memory order of ``x``).
 
 
 @njit(inline="always", **_SERIAL)
@@ -677,27 +682,19 @@ def _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, mode,
 
 
 @njit(inline="always", **_SERIAL)
-def _gated_segment_values(
-    x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, scratch
-):
-    """``_segment_values`` through a ReLU: what passed goes to ``out2`` too, when it is not empty.
-
-    The mask's bits are unpacked a tile at a time into ``scratch`` (see
-    ``_scratch``), so the loops over the values select without branching.
-    """
-    keep, words = scratch
-    for t in range(0, n, _GATE_TILE - 8):
-        m = min(_GATE_TILE - 8, n - t)
-        o = _spread_bits(mask, position + t, m, words)
-        _gated_run(
-            x, xb + t * xs, xs, dy, gb + t * gs, gs, out, ob + t * os, os, out2, o2b + t * o2s, o2s, m,
-            k0, k1, k2, k3, mode, zero, keep, o,
-        )
+def _tile_values(x, xb, dy, gb, out, ob, n, k, mode, zero):
+    """``n`` packed outputs with per-value coefficients: ``k`` holds four tiled rows."""
+    xv = x[xb : xb + n]
+    gv = dy[gb : gb + n]
+    ov = out[ob : ob + n]
+    k0, k1, k2, k3 = k[0], k[1], k[2], k[3]
+    for j in range(n):
+        ov[j] = store(_value(load(xv[j]), load(gv[j]), k0[j], k1[j], k2[j], k3[j], mode, zero), out)
 
 
 @njit(inline="always", **_SERIAL)
 def _gated_run(x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, m, k0, k1, k2, k3, mode, zero, keep, o):
-    """``m`` values of ``_gated_segment_values`` with their bits already in ``keep[o:]``."""
+    """``m`` values of a gated segment with their bits already unpacked in ``keep[o:]``."""
     if xs == 1 and gs == 1 and os == 1:
         xv, gv, ov = x[xb : xb + m], dy[gb : gb + m], out[ob : ob + m]
         for i in range(m):
@@ -725,9 +722,63 @@ def _write_passed(dy, gb, gs, out2, o2b, o2s, n, keep, o, zero):
             out2[o2b + i * o2s] = store(load(dy[gb + i * gs]) if keep[o + i] != 0 else zero, out2)
 
 
+# What each kind of pass does with one segment of a walk (strided, at walk
+# ``position``) and with one tile of packed rows (per-value coefficients
+# ``k``, four tiled rows); both return the mask bits still pending
+# (``_record_signs``), and ``_pass_finish`` writes the last ones of a part.
+
+
 @njit(inline="always", **_SERIAL)
-def _gated_tile_values(x, xb, dy, gb, out, ob, out2, o2b, n, k, mode, zero, mask, position, scratch):
-    """``_tile_values`` through a ReLU (packed rows, per-value coefficients ``k``), as ``_gated_segment_values``."""
+def _plain_segment(
+    x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, pending, scratch
+):
+    _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, mode, zero)
+    return pending
+
+
+@njit(inline="always", **_SERIAL)
+def _plain_tile(x, xb, dy, gb, out, ob, out2, o2b, n, k, mode, zero, mask, position, pending, scratch):
+    _tile_values(x, xb, dy, gb, out, ob, n, k, mode, zero)
+    return pending
+
+
+@njit(inline="always", **_SERIAL)
+def _relu_segment(
+    x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, pending, scratch
+):
+    _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, mode, zero)
+    if mask.size:
+        pending = _record_signs(out, ob, os, n, mask, position, pending, scratch)
+    return pending
+
+
+@njit(inline="always", **_SERIAL)
+def _relu_tile(x, xb, dy, gb, out, ob, out2, o2b, n, k, mode, zero, mask, position, pending, scratch):
+    _tile_values(x, xb, dy, gb, out, ob, n, k, mode, zero)
+    if mask.size:
+        pending = _record_signs(out, ob, 1, n, mask, position, pending, scratch)
+    return pending
+
+
+@njit(inline="always", **_SERIAL)
+def _gated_segment(
+    x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, pending, scratch
+):
+    """The mask's bits are unpacked a tile at a time into ``scratch`` (see ``_scratch``), so the
+    loops over the values select without branching; what passed goes to ``out2`` when it is not empty."""
+    keep, words = scratch
+    for t in range(0, n, _GATE_TILE - 8):
+        m = min(_GATE_TILE - 8, n - t)
+        o = _spread_bits(mask, position + t, m, words)
+        _gated_run(
+            x, xb + t * xs, xs, dy, gb + t * gs, gs, out, ob + t * os, os, out2, o2b + t * o2s, o2s, m,
+            k0, k1, k2, k3, mode, zero, keep, o,
+        )
+    return pending
+
+
+@njit(inline="always", **_SERIAL)
+def _gated_tile(x, xb, dy, gb, out, ob, out2, o2b, n, k, mode, zero, mask, position, pending, scratch):
     keep, words = scratch
     o = _spread_bits(mask, position, n, words)
     xv, gv, ov = x[xb : xb + n], dy[gb : gb + n], out[ob : ob + n]
@@ -737,33 +788,24 @@ def _gated_tile_values(x, xb, dy, gb, out, ob, out2, o2b, n, k, mode, zero, mask
         ov[j] = store(value, out)
     if out2.size:
         _write_passed(dy, gb, 1, out2, o2b, 1, n, keep, o, zero)
-
-
-@njit(inline="always", **_SERIAL)
-def _segment(
-    x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, pending, scratch
-):
-    """One segment of a pass at walk ``position``; returns the mask bits still pending (``_record_signs``)."""
-    if mode & GATE:
-        _gated_segment_values(
-            x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, scratch
-        )
-        return pending
-    _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, mode, zero)
-    if mode & RELU and mask.size:
-        pending = _record_signs(out, ob, os, n, mask, position, pending, scratch)
     return pending
 
 
 @njit(inline="always", **_SERIAL)
-def _tile_values(x, xb, dy, gb, out, ob, n, k, mode, zero):
-    """``n`` packed outputs with per-value coefficients: ``k`` holds four tiled rows."""
-    xv = x[xb : xb + n]
-    gv = dy[gb : gb + n]
-    ov = out[ob : ob + n]
-    k0, k1, k2, k3 = k[0], k[1], k[2], k[3]
-    for j in range(n):
-        ov[j] = store(_value(load(xv[j]), load(gv[j]), k0[j], k1[j], k2[j], k3[j], mode, zero), out)
+def _finish_nothing(mask, stop, pending):
+    """A pass that records no mask leaves it as it is."""
+
+
+#: The kinds of elementwise pass: the globals of each one's compiled walk (``_pass_segment``,
+#: ``_pass_tile``, ``_pass_finish``, and ``_MASKED``: whether it unpacks or packs mask bits, so needs scratch).
+#: Each kind is its own kernel, so a plain call never compiles the fused code (compiled in one
+#: walk, it more than doubled the first call's compile time; the literal modes that kept its
+#: speed on 14x14 runs cost that much again).
+_PASSES = {
+    "plain": dict(_pass_segment=_plain_segment, _pass_tile=_plain_tile, _pass_finish=_finish_nothing, _MASKED=False),
+    "relu": dict(_pass_segment=_relu_segment, _pass_tile=_relu_tile, _pass_finish=_flush_signs, _MASKED=True),
+    "gated": dict(_pass_segment=_gated_segment, _pass_tile=_gated_tile, _pass_finish=_finish_nothing, _MASKED=True),
+}
 
 
 def _elementwise_runs(
@@ -793,58 +835,20 @@ def _elementwise_runs(
 def _elementwise_run_part(
     x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, mode, mask, packed, parts, p
 ):
-    """Part ``p`` of ``_elementwise_runs``: ``_run_part_walk`` with a literal ``mode`` per branch.
-
-    Each inlined copy then keeps only its own arithmetic (one walk for every
-    mode ran ~40% slower on short runs, 14x14 images, where the loop's
-    surroundings count); ``_FUSED`` picks the plain or the fused copies.
-    """
-    if not _FUSED:
-        if mode == 0:
-            _run_part_walk(
-                x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, 0, mask, packed,
-                parts, p,
-            )
-        else:
-            _run_part_walk(
-                x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, ADD, mask, packed,
-                parts, p,
-            )
-    elif mode == RELU:
-        _run_part_walk(
-            x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, RELU, mask, packed,
-            parts, p,
-        )
-    elif mode == ADD | RELU:
-        _run_part_walk(
-            x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, ADD | RELU, mask,
-            packed, parts, p,
-        )
-    else:  # the gated passes of the backward
-        _run_part_walk(
-            x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, mode, mask, packed,
-            parts, p,
-        )
-
-
-@njit(inline="always", **_SERIAL)
-def _run_part_walk(
-    x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, channel_position, k, mode, mask, packed, parts, p
-):
-    """The walk of part ``p`` of ``_elementwise_runs``."""
+    """Part ``p`` of ``_elementwise_runs``, a ``_pass_segment`` per run (the pass's, see ``_PASSES``)."""
     N1, N2, N3, M = shape[1], shape[2], shape[3], shape[4]
     total = shape[0] * N1 * N2 * N3 * M
     position = _aligned_part_start(p, total, parts, 8)
     stop = _aligned_part_start(p + 1, total, parts, 8)
     zero = k.dtype.type(0)
     pending = 0
-    scratch = _scratch(_GATE_TILE if mode & (GATE | RELU) else 0)  # unpacked or packing mask bits
+    scratch = _scratch(_GATE_TILE if _MASKED else 0)  # noqa: F821 (unpacked or packing mask bits)
     if packed:
         # Runs lie back to back: a value's flat position is its offset from the origin.
         c = (position // M) % N3
         while position < stop:
             n = min(M - position % M, stop - position)
-            pending = _segment(
+            pending = _pass_segment(  # noqa: F821
                 x, xo + position, 1, dy, go + position, 1, out, oo + position, 1, out2, o2o + position, 1, n,
                 k[0, c], k[1, c], k[2, c], k[3, c], mode, zero, mask, position, pending, scratch,
             )
@@ -860,15 +864,14 @@ def _run_part_walk(
             gb = _offset4(go, gst, i0, i1, i2, i3) + m * gst[4]
             ob = _offset4(oo, ost, i0, i1, i2, i3) + m * ost[4]
             o2b = _offset4(o2o, o2st, i0, i1, i2, i3) + m * o2st[4]
-            pending = _segment(
+            pending = _pass_segment(  # noqa: F821
                 x, xb, xst[4], dy, gb, gst[4], out, ob, ost[4], out2, o2b, o2st[4], n,
                 k[0, c], k[1, c], k[2, c], k[3, c], mode, zero, mask, position, pending, scratch,
             )
             position += n
             m = 0
             i0, i1, i2, i3 = _next4(i0, i1, i2, i3, N1, N2, N3)
-    if mode & RELU and mask.size:
-        _flush_signs(mask, stop, pending)
+    _pass_finish(mask, stop, pending)  # noqa: F821
 
 
 def _elementwise_rows(x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, mode, mask, blocks):
@@ -881,7 +884,10 @@ def _elementwise_rows(x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, sh
     tiled = np.empty((4, width), k.dtype)
     for i in range(4):
         tiled[i] = _tile(k[i], width)
-    packed = xst[4] == 1 and xst[3] == C and gst[4] == 1 and gst[3] == C and ost[4] == 1 and ost[3] == C
+    packed = (
+        xst[4] == 1 and xst[3] == C and gst[4] == 1 and gst[3] == C and ost[4] == 1 and ost[3] == C
+        and (out2.size == 0 or (o2st[4] == 1 and o2st[3] == C))
+    )
     for block in prange(blocks):
         _part(  # noqa: F821
             x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, mode, mask, packed, blocks,
@@ -892,42 +898,8 @@ def _elementwise_rows(x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, sh
 def _elementwise_row_block(
     x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, mode, mask, packed, blocks, block
 ):
-    """Block ``block`` of ``_elementwise_rows``: ``_row_block_walk`` with a literal ``mode`` per branch
-    (see ``_elementwise_run_part``)."""
-    if not _FUSED:
-        if mode == 0:
-            _row_block_walk(
-                x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, 0, mask, packed, blocks,
-                block,
-            )
-        else:
-            _row_block_walk(
-                x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, ADD, mask, packed, blocks,
-                block,
-            )
-    elif mode == RELU:
-        _row_block_walk(
-            x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, RELU, mask, packed, blocks,
-            block,
-        )
-    elif mode == ADD | RELU:
-        _row_block_walk(
-            x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, ADD | RELU, mask, packed, blocks,
-            block,
-        )
-    else:  # the gated passes of the backward
-        _row_block_walk(
-            x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, mode, mask, packed, blocks,
-            block,
-        )
-
-
-@njit(inline="always", **_SERIAL)
-def _row_block_walk(
-    x, xo, xst, dy, go, gst, out, oo, ost, out2, o2o, o2st, shape, k, tiled, mode, mask, packed, blocks, block
-):
-    """The walk of block ``block`` of ``_elementwise_rows`` (``tiled``: the coefficients repeated to a
-    tile's width)."""
+    """Block ``block`` of ``_elementwise_rows``: a ``_pass_tile`` per tile of packed rows, else a ``_pass_segment``
+    per value (the pass's, see ``_PASSES``); ``tiled`` holds the coefficients repeated to a tile's width."""
     B, D, R, C = shape[1], shape[2], shape[3], shape[4]
     rows = shape[0] * B * D * R
     width = tiled.shape[1]
@@ -936,8 +908,7 @@ def _row_block_walk(
     stop = _aligned_part_start(block + 1, rows, blocks, align)
     zero = k.dtype.type(0)
     pending = 0
-    scratch = _scratch((max(width, _GATE_TILE) + 15) & ~7 if mode & (GATE | RELU) else 0)  # see _spread_bits
-    packed_out2 = out2.size == 0 or (o2st[4] == 1 and o2st[3] == C)
+    scratch = _scratch((max(width, _GATE_TILE) + 15) & ~7 if _MASKED else 0)  # noqa: F821 (see _spread_bits)
     a, b, d = _split3(row // R, B, D)
     r = row % R
     while row < stop:
@@ -946,23 +917,17 @@ def _row_block_walk(
         gb = _offset4(go, gst, a, b, d, r)
         ob = _offset4(oo, ost, a, b, d, r)
         o2b = _offset4(o2o, o2st, a, b, d, r)
-        if packed and mode & GATE and packed_out2:
+        if packed:
             for t in range(0, n * C, width):
                 count = min(width, n * C - t)
-                _gated_tile_values(
+                pending = _pass_tile(  # noqa: F821
                     x, xb + t, dy, gb + t, out, ob + t, out2, o2b + t, count, tiled, mode, zero, mask, row * C + t,
-                    scratch,
+                    pending, scratch,
                 )
-        elif packed and not mode & GATE:
-            for t in range(0, n * C, width):
-                count = min(width, n * C - t)
-                _tile_values(x, xb + t, dy, gb + t, out, ob + t, count, tiled, mode, zero)
-                if mode & RELU and mask.size:
-                    pending = _record_signs(out, ob + t, 1, count, mask, row * C + t, pending, scratch)
         else:
             for i in range(n):
                 for c in range(C):
-                    pending = _segment(
+                    pending = _pass_segment(  # noqa: F821
                         x, xb + i * xst[3] + c * xst[4], 0, dy, gb + i * gst[3] + c * gst[4], 0,
                         out, ob + i * ost[3] + c * ost[4], 0, out2, o2b + i * o2st[3] + c * o2st[4], 0, 1,
                         k[0, c], k[1, c], k[2, c], k[3, c], mode, zero, mask, (row + i) * C + c, pending, scratch,
@@ -970,50 +935,54 @@ def _row_block_walk(
         row += n
         r = 0
         a, b, d = _next3(a, b, d, B, D)
-    if mode & RELU and mask.size:
-        _flush_signs(mask, stop * C, pending)
+    _pass_finish(mask, stop * C, pending)  # noqa: F821
 
 
 # ------------------------------------------------------------- the kernels
 
 #: ``(x, xo, xst, dy, go, gst, shape, reference, mask, positions, chunk)`` over ``(C, A, B, D, M)`` runs:
 #: ``(count, mean, m2)`` with ``NO_REFERENCE`` (``dy`` is ``x``), else
-#: ``(count, sum(dy), sum(dy * (x - reference)))``, ``dy`` gated by a ReLU ``mask`` read at walk
-#: positions ``positions`` (strides per axis) unless ``NO_MASK``; float64 per channel.
+#: ``(count, sum(dy), sum(dy * (x - reference)))``; float64 per channel. ``mask`` and
+#: ``positions`` (walk-position strides per axis) serve only the ``gated_reduce_*`` twins.
 reduce_runs, reduce_runs_serial = _compiled_pair("reduce_runs", _reduce_runs, _reduce_run_unit)
 #: ``(x, xo, xst, dy, go, gst, shape, reference, mask, positions, blocks)`` over ``(A, B, D, R, C)`` rows:
 #: as ``reduce_runs`` (rows are walked in order: ``positions`` is unused).
 reduce_rows, reduce_rows_serial = _compiled_pair("reduce_rows", _reduce_rows, _reduce_row_block)
+#: The backward sums through a ReLU: ``dy`` counts where the ``mask``'s bit is set.
+gated_reduce_runs, gated_reduce_runs_serial = _compiled_pair(
+    "gated_reduce_runs", _reduce_runs, _reduce_run_unit, _GATED=True
+)
+gated_reduce_rows, gated_reduce_rows_serial = _compiled_pair(
+    "gated_reduce_rows", _reduce_rows, _reduce_row_block, _GATED=True
+)
 #: ``(x, ..., dy, ..., out, ..., out2, ..., shape, channel_position, k, mode, mask, part)``:
 #: ``out = (x - k0) * k1 + k2``, and ``ADD`` adds ``k3 * dy``.
-elementwise_runs, elementwise_runs_serial = _compiled_pair("elementwise_runs", _elementwise_runs, _elementwise_run_part)
+elementwise_runs, elementwise_runs_serial = _compiled_pair(
+    "elementwise_runs", _elementwise_runs, _elementwise_run_part, **_PASSES["plain"]
+)
 #: ``(x, ..., dy, ..., out, ..., out2, ..., shape, k, mode, mask, blocks)``: as ``elementwise_runs``.
 elementwise_rows, elementwise_rows_serial = _compiled_pair(
-    "elementwise_rows", _elementwise_rows, _elementwise_row_block
+    "elementwise_rows", _elementwise_rows, _elementwise_row_block, **_PASSES["plain"]
 )
-# The fused twins, compiled on first use of a fused ReLU or residual: the backward sums gated by a
-# mask (``reduce_*`` with a mask), and the modes with ``RELU`` or ``GATE`` (``elementwise_*``).
-fused_reduce_runs, fused_reduce_runs_serial = _compiled_pair(
-    "fused_reduce_runs", _reduce_runs, _reduce_run_unit, fused=True
+#: The same through a ReLU (``RELU``, ``RELU | ADD``), recording its ``mask`` unless ``NO_MASK``.
+relu_elementwise_runs, relu_elementwise_runs_serial = _compiled_pair(
+    "relu_elementwise_runs", _elementwise_runs, _elementwise_run_part, **_PASSES["relu"]
 )
-fused_reduce_rows, fused_reduce_rows_serial = _compiled_pair(
-    "fused_reduce_rows", _reduce_rows, _reduce_row_block, fused=True
+relu_elementwise_rows, relu_elementwise_rows_serial = _compiled_pair(
+    "relu_elementwise_rows", _elementwise_rows, _elementwise_row_block, **_PASSES["relu"]
 )
-fused_elementwise_runs, fused_elementwise_runs_serial = _compiled_pair(
-    "fused_elementwise_runs", _elementwise_runs, _elementwise_run_part, fused=True
+#: The input gradient through a ReLU (``ADD | GATE``, ``| NO_X``), what passed into ``out2`` unless empty.
+gated_elementwise_runs, gated_elementwise_runs_serial = _compiled_pair(
+    "gated_elementwise_runs", _elementwise_runs, _elementwise_run_part, **_PASSES["gated"]
 )
-fused_elementwise_rows, fused_elementwise_rows_serial = _compiled_pair(
-    "fused_elementwise_rows", _elementwise_rows, _elementwise_row_block, fused=True
+gated_elementwise_rows, gated_elementwise_rows_serial = _compiled_pair(
+    "gated_elementwise_rows", _elementwise_rows, _elementwise_row_block, **_PASSES["gated"]
 )
 
-_RUNS_KERNELS = (
-    reduce_runs, reduce_runs_serial, elementwise_runs, elementwise_runs_serial,
-    fused_reduce_runs, fused_reduce_runs_serial, fused_elementwise_runs, fused_elementwise_runs_serial,
-)
-_ROWS_KERNELS = (
-    reduce_rows, reduce_rows_serial, elementwise_rows, elementwise_rows_serial,
-    fused_reduce_rows, fused_reduce_rows_serial, fused_elementwise_rows, fused_elementwise_rows_serial,
-)
+#: The walks, as the backend picks them (the fused ones compile on first use of a fused pass).
+WALKS = ("reduce", "gated_reduce", "elementwise", "relu_elementwise", "gated_elementwise")
+_RUNS_KERNELS = tuple(globals()[f"{walk}_runs{serial}"] for walk in WALKS for serial in ("", "_serial"))
+_ROWS_KERNELS = tuple(globals()[f"{walk}_rows{serial}"] for walk in WALKS for serial in ("", "_serial"))
 compile_notice.install(
     {kernel: "channels-first" for kernel in _RUNS_KERNELS} | {kernel: "channels-last" for kernel in _ROWS_KERNELS}
 )
