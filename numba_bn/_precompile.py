@@ -72,10 +72,10 @@ def _exercise(dtype, layout, rank):
         x = rng.standard_normal(_shape(rank, channel_axis, values)).astype(dtype)
         for affine in (True, False):
             bn = _module_class(rank)(_CHANNELS, affine=affine, dtype=module_dtype, channel_axis=channel_axis)
-            y = bn(x)
-            bn.backward(y)
-            bn.eval()
-            bn.backward(bn(x))
+            for training in (True, False):
+                bn.train(training)
+                for _ in range(2):  # the second call repeats the first: small ones run in one compiled step
+                    bn.backward(bn(x))
 
 
 def precompile(

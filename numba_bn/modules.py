@@ -16,7 +16,7 @@ from typing import Any, Mapping, TypeVar
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._backend import RunningStatistics, backend
+from ._backend import RunningStatistics, SavedForward, backend
 from ._grad_mode import is_grad_enabled
 from ._stats import ChannelStats
 from ._state import COUNTER_KEY, IncompatibleKeys, read_state
@@ -68,6 +68,9 @@ class _BatchNorm:
 
     _input_ranks: tuple[int, ...] = ()
     _rank_description = ""
+    #: Whether a repeated small call may run in one compiled call (see ``numba_bn/cpu/small_calls.py``);
+    #: not where the statistics come from elsewhere too (SyncBatchNorm).
+    _repeats_small_calls = True
     _ARRAY_NAMES = ("weight", "bias", "running_mean", "running_var", "grad_weight", "grad_bias")
 
     def __init__(
@@ -110,6 +113,7 @@ class _BatchNorm:
         self.grad_weight = None
         self.grad_bias = None
         self._saved = None
+        self._repeated = None  # the last small call, while calls repeat it
 
     # ------------------------------------------------------------ forward
 
@@ -198,9 +202,12 @@ class _BatchNorm:
         ``x.astype(...)`` or build the module with the input's ``dtype``.
         The statistics are accumulated in float64 whatever the dtype.
         """
+        save = is_grad_enabled()
+        repeated = self._repeated
+        if repeated is not None and residual is None and out is None and repeated.repeats(self, x, save):
+            return self._repeat_forward(repeated, x, save)
         backend = self._backend
         x, axis, statistics, out, residual = self._normalizing_statistics(x, out, residual)
-        save = is_grad_enabled()
         overwrites_input = out is not None and backend.shares_memory(out, x)  # then no backward can read it
         y, saved = backend.forward(
             x, axis, statistics, self.weight, self.bias, self.eps, save=save and not overwrites_input, out=out,
@@ -216,6 +223,20 @@ class _BatchNorm:
             self._saved = _NOT_KEPT
         else:
             self._saved = _INPUT_OVERWRITTEN if overwrites_input else saved
+        self._repeated = None
+        if self._repeats_small_calls and residual is None and out is None:
+            self._repeated = backend.repeated_call(self, x, axis, save)
+        return y
+
+    def _repeat_forward(self, repeated, x, save):
+        """``forward(x)`` in the repeated call's one compiled step: the same results and state changes."""
+        updates = self.training and self.track_running_stats
+        count = self.num_batches_tracked + 1 if updates else 0  # type: ignore[operator]  # an int while tracking
+        factor = (1.0 / count if self.momentum is None else self.momentum) if updates else 0.0
+        y, saved = repeated.forward(self, x, updates, float(factor))
+        if updates:
+            self.num_batches_tracked = count
+        self._saved = saved if save else _NOT_KEPT
         return y
 
     def _checked_forward_input(self, x, out, residual):
@@ -286,6 +307,13 @@ class _BatchNorm:
         keeping a copy: do not modify it between forward and backward.
         ``grad_weight`` and ``grad_bias`` have the module's ``dtype``.
         """
+        repeated, saved = self._repeated, self._saved
+        if repeated is not None and type(saved) is SavedForward and repeated.takes_backward(saved, grad_output):
+            grad_input, sums = repeated.backward(saved, grad_output)
+            if self.affine:
+                self.grad_weight, grad_bias = sums.astype(self.dtype)
+                self.grad_bias = grad_bias if self._use_bias else None
+            return grad_input
         saved, grad_output = self._checked_backward_input(grad_output)
         return self._store_gradients(self._backend.backward(saved, grad_output, self._weight_grad_dtype()))
 
@@ -418,7 +446,7 @@ class _BatchNorm:
             setattr(self, name, value)
         self._backend = target
         self.device = device
-        self._saved = None
+        self._saved = self._repeated = None
         return self
 
     def _moved(self, array, target):
@@ -668,7 +696,7 @@ class _BatchNorm:
         device memory: a CUDA module's arrays are copied to the host, and
         moved back to the GPU when unpickled.
         """
-        state = {key: value for key, value in self.__dict__.items() if key not in ("_backend", "_saved")}
+        state = {key: value for key, value in self.__dict__.items() if key not in ("_backend", "_saved", "_repeated")}
         for name in self._ARRAY_NAMES:
             if state[name] is not None:
                 state[name] = self._backend.to_host(state[name])
@@ -681,7 +709,7 @@ class _BatchNorm:
             if state[name] is not None:
                 state[name] = target.from_host(state[name], state[name].dtype)
         state.setdefault("activation", None)  # pickled before activations existed
-        self.__dict__.update(state, _backend=target, _saved=None)
+        self.__dict__.update(state, _backend=target, _saved=None, _repeated=None)
 
 
 # The constructor, attributes, errors and differences from PyTorch are the same

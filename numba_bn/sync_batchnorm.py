@@ -87,6 +87,7 @@ class SyncBatchNorm(_BatchNorm):
 
     _input_ranks = range(2, 65)
     _rank_description = "2D or higher"
+    _repeats_small_calls = False  # the statistics are every process's
 
     def __init__(
         self,

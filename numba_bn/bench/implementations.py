@@ -167,7 +167,9 @@ def _prepare_numba_bn(case: Case, data: CaseData, device: str = "cpu") -> Prepar
         module.eval()
 
         def run():
-            return {"y": module(x)}
+            # Inference, as PyTorch's side runs it (under no_grad): nothing is kept for a backward.
+            with nbn.no_grad():
+                return {"y": module(x)}
     elif case.operation == "train_backward":
         module(x)
 

@@ -22,6 +22,7 @@ from .._dtypes import compute_dtype, native_dtype
 from .._layout import ROWS, RUNS, kernel_operands, walk_positions
 from .._validation import check_ndarray, check_vector_fields
 from . import channel_math, fingerprint, kernels
+from .small_calls import RepeatedCall
 from .thread_safety import serialize_unless_thread_safe
 
 _ABSENT = np.empty(0)  # a missing weight or bias, for the compiled helpers
@@ -368,6 +369,9 @@ class CpuBackend:
             return Gradients(grad_in, None, None, grad_residual)
         grad_weight, grad_bias = sums.astype(weight_grad_dtype)
         return Gradients(grad_in, grad_weight, grad_bias, grad_residual)
+
+    def repeated_call(self, module, x, channel_axis, save):
+        return RepeatedCall.of(module, x, channel_axis, save)
 
     def mean_and_variance(self, statistics, dtype):
         out = np.empty((2, statistics.mean.size), dtype)

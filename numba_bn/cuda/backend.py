@@ -335,6 +335,9 @@ class CudaBackend:
         grad_weight, grad_bias = sums
         return Gradients(grad_in, grad_weight, grad_bias, grad_residual)
 
+    def repeated_call(self, module, x, channel_axis, save):
+        return None  # a launch's latency dwarfs the checks that a repeated CPU call skips
+
     def mean_and_variance(self, statistics, dtype):
         channels = statistics.mean.shape[0]
         out = device_array((2, channels), dtype)
