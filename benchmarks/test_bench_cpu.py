@@ -1,11 +1,13 @@
 """CPU benchmarks: every operation, shape, layout and implementation of the shared table.
 
-numba_bn, PyTorch (when installed), plain NumPy and the copy roofline run on
-the same arrays with the same thread count; each benchmark group is one case,
-so ``--benchmark-enable`` prints them side by side. The plain operations run
-on every default shape; then come the fused BatchNorm + residual add + ReLU
-rows and the evaluation forwards into a preallocated output (``out=``), which
-NumPy does not run (see ``build_extra_cases``). Only those, for example::
+numba_bn, PyTorch and JAX (each when installed), plain NumPy and the copy
+roofline run on the same arrays with the same thread count (JAX: XLA's own
+thread pool, which takes every core); each benchmark group is one case, so
+``--benchmark-enable`` prints them side by side. The plain operations run on
+every default shape; then come the fused BatchNorm + residual add + ReLU rows
+and the evaluation forwards into a preallocated output (``out=``), which NumPy
+does not run, nor JAX the ``out=`` ones (see ``build_extra_cases``). Only
+those, for example::
 
     python -m pytest benchmarks/test_bench_cpu.py -k "add_relu or eval_out" --benchmark-enable
 
@@ -21,7 +23,7 @@ from numba_bn.bench.implementations import IMPLEMENTATIONS
 CASES = build_cases(DEFAULT_SHAPES) + build_extra_cases()
 CPU = IMPLEMENTATIONS["cpu"]
 #: Every (case, implementation) pair that the implementation runs.
-PAIRS = [(case, name) for case in CASES for name, impl in CPU.items() if impl.supports(case.operation)]
+PAIRS = [(case, name) for case in CASES for name, impl in CPU.items() if impl.runs(case)]
 
 
 def smoke_case(case: Case) -> Case:

@@ -3,10 +3,11 @@
 Sub-commands:
 
 ``bench`` (the default)
-    Time numba_bn, PyTorch (when installed), plain NumPy and a copy of the
-    same size (the memory-bandwidth roofline) on a set of shapes, their
-    samples interleaved, and print a table of median times with their
-    spread, speedups and % of the roofline.
+    Time numba_bn, PyTorch and JAX (each when installed), plain NumPy and a
+    copy of the same size (the memory-bandwidth roofline) on a set of
+    shapes, their samples interleaved, and print a table of median times
+    with their spread, speedups (over each peer and over the fastest) and %
+    of the roofline.
 ``info``
     Versions, threading layer and thread count, CUDA availability, cache dir.
 ``startup``
@@ -32,7 +33,16 @@ import textwrap
 from typing import Sequence
 
 from .bench import cases as bench_cases
-from .bench.implementations import DEVICES, cuda_available, implementations, unavailable
+from .bench.implementations import (
+    DEVICES,
+    IMPLEMENTATIONS,
+    OURS,
+    ROOFLINE,
+    Implementation,
+    cuda_available,
+    implementations,
+    unavailable,
+)
 from .bench.progress import ProgressBar
 from .bench.report import (
     MissingDependencyError,
@@ -56,6 +66,9 @@ LAYOUT_CHOICES = ("both",) + bench_cases.LAYOUTS
 BUDGET, QUICK_BUDGET = 0.25, 0.05
 #: Seconds of samples per implementation of ``bench-dask``.
 DASK_BUDGET = 1.0
+#: What numba_bn is compared with on some device, in table order (``--peers``).
+PEERS: tuple[str, ...] = tuple(dict.fromkeys(
+    name for table in IMPLEMENTATIONS.values() for name in table if name not in (OURS, ROOFLINE)))
 
 
 # ------------------------------------------------------------ argument types
@@ -149,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m numba_bn",
         description=textwrap.fill(
-            "Benchmark numba_bn's BatchNorm against PyTorch, NumPy and a copy roofline, "
+            "Benchmark numba_bn's BatchNorm against PyTorch, JAX, NumPy and a copy roofline, "
             "or show the setup. With no command, runs 'bench', so the bench options below "
             "work on their own: python -m numba_bn --quick.", width=_help_width()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -161,10 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench", help="time numba_bn against its peers (default)",
-        description="Time numba_bn, PyTorch (if installed), plain NumPy and a parallel copy of the "
-                    "same size on each case, taking their samples in turn after a warm-up call on "
+        description="Time numba_bn, PyTorch and JAX (each if installed), plain NumPy and a parallel copy "
+                    "of the same size on each case, taking their samples in turn after a warm-up call on "
                     "the case's own arrays, then print median times with their spread, speedups "
-                    "(peer time / numba_bn time) and numba_bn's % of the copy roofline.",
+                    "(peer time / numba_bn time) over each peer and over the fastest one, and "
+                    "numba_bn's % of the copy roofline.",
     )
     bench.add_argument("--quick", action="store_true",
                        help=f"a short run: a few shapes, a short timing budget ({QUICK_BUDGET:g} s, "
@@ -175,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", choices=bench_cases.DTYPES, default="float32",
                        help="data type of the input (default float32; float16 keeps float32 parameters)")
     bench.add_argument("--threads", type=_threads_argument, default=None, metavar="N",
-                       help=f"threads for every implementation (default: all, {max_threads()})")
+                       help=f"threads for every implementation but JAX, whose XLA pool takes every core "
+                            f"(default: all, {max_threads()})")
     bench.add_argument("--device", choices=DEVICES, default="cpu",
                        help="cpu (default) or cuda (numba_bn device='cuda' vs PyTorch CUDA, CUDA events)")
     bench.add_argument("--layout", choices=LAYOUT_CHOICES, default="both",
@@ -183,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--operations", type=_choices_argument(bench_cases.OPERATIONS), default=bench_cases.OPERATIONS,
                        metavar="OP[,OP...]",
                        help=f"subset of {','.join(bench_cases.OPERATIONS)} (default all)")
+    bench.add_argument("--peers", type=_choices_argument(PEERS), default=None, metavar="PEER[,PEER...]",
+                       help=f"the peers to time numba_bn against, a subset of {','.join(PEERS)} (default: "
+                            "every one installed for the device; cuda has torch only)")
     bench.add_argument("--budget", type=_positive_seconds, default=None, metavar="SECONDS",
                        help=f"seconds of samples per implementation and case (default {BUDGET:g}; "
                             f"--quick {QUICK_BUDGET:g}); at least {MIN_REPEATS} samples are taken whatever "
@@ -301,6 +319,47 @@ def _cuda_modules_unsupported() -> str | None:
     return None
 
 
+#: Under the table when JAX runs with fewer threads than the others could use.
+JAX_THREADS_NOTE = (
+    "jax ignores --threads: XLA sizes its CPU thread pool to every core when it starts, and offers no "
+    "way to change it in a running process."
+)
+
+
+def select_implementations(device: str, peers: Sequence[str], dtype: str,
+                           threads: int) -> tuple[list[Implementation], list[str]]:
+    """What ``bench`` times, and a ``note:`` line for each wanted implementation it leaves out.
+
+    Parameters
+    ----------
+    device : {"cpu", "cuda"}
+    peers : sequence of str
+        The peers wanted (numba_bn and the roofline always are).
+    dtype : str
+        The cases' dtype: an implementation that does not run it is left out.
+    threads : int
+        The thread count set for the others: below :func:`max_threads`, a
+        note says that JAX's thread pool is not limited by it.
+
+    Returns
+    -------
+    (list of Implementation, list of str)
+        The implementations to time, in table order, and the notes: why
+        each wanted one cannot run here (and how to change that).
+    """
+    def wanted(impl: Implementation) -> bool:
+        return impl.name in (OURS, ROOFLINE) or impl.name in peers
+
+    chosen = [impl for impl in implementations(device) if wanted(impl)]
+    notes = [impl.unavailable_reason() or impl.name for impl in unavailable(device) if wanted(impl)]
+    notes += [f"{impl.name} is left out: it runs {', '.join(impl.dtypes)} only, not {dtype}. "
+              f"{impl.dtypes_hint}".rstrip() for impl in chosen if dtype not in impl.dtypes]
+    chosen = [impl for impl in chosen if dtype in impl.dtypes]
+    if threads < max_threads() and any(impl.name == "jax" for impl in chosen):
+        notes.append(JAX_THREADS_NOTE)
+    return chosen, notes
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """The ``bench`` command; returns the exit status."""
     from .bench.runner import run_cases
@@ -308,6 +367,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
     parser = args.usage_parser
 
+    if args.peers is not None:
+        absent = [peer for peer in args.peers if peer not in IMPLEMENTATIONS[args.device]]
+        if absent:
+            parser.error(f"--peers: {','.join(absent)} has no {args.device} implementation; expected a subset "
+                         f"of {','.join(name for name in PEERS if name in IMPLEMENTATIONS[args.device])}")
     if args.plot and _plot_support_missing():
         parser.error("--plot needs matplotlib, which is not installed: pip install matplotlib "
                      "(or pip install 'numba_bn[plot]')")
@@ -334,8 +398,7 @@ def run_bench(args: argparse.Namespace) -> int:
                      "dimensions (an (N, C) batch is the same in both layouts)")
     budget = args.budget or (QUICK_BUDGET if args.quick else BUDGET)
     threads = set_threads(args.threads or max_threads())
-    chosen = implementations(args.device)
-    missing = [impl.unavailable_reason() or impl.name for impl in unavailable(args.device)]
+    chosen, missing = select_implementations(args.device, args.peers or PEERS, args.dtype, threads)
 
     # One step per case: "compiling/warming up <case>" (its first calls, untimed), then "timing <case>".
     progress = None if args.no_progress else ProgressBar(len(cases))
@@ -354,6 +417,7 @@ def run_bench(args: argparse.Namespace) -> int:
         import json
 
         settings = {"command": command_line(), "device": args.device, "dtype": args.dtype,
+                    "peers": [impl.name for impl in chosen if impl.name not in (OURS, ROOFLINE)],
                     "threads": threads, "budget_seconds": budget, "min_samples": MIN_REPEATS,
                     "statistic": "median", "left_out": missing}
         with open(args.json, "w", encoding="utf-8") as handle:
@@ -396,6 +460,7 @@ def info_lines() -> list[str]:
         f"numba: {machine['numba']}",
         f"numba-cuda: {version('numba-cuda')}",
         f"torch: {machine['torch'] or 'not installed'}",
+        f"jax: {machine['jax'] or 'not installed'}",
         f"cpu: {machine['cpu']} ({machine['logical_cpus']} logical CPUs)",
         f"threading layer: {machine['threading_layer']}",
         f"threads: {numba.get_num_threads()} of NUMBA_NUM_THREADS={max_threads()}",

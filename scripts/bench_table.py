@@ -10,6 +10,10 @@ Usage::
 With ``--readme`` the text between the ``<!-- bench-table:start -->`` and
 ``<!-- bench-table:end -->`` markers is replaced.
 
+Each peer in the file gets a ratio column (JAX's only where the file has JAX
+rows), and every table a *vs best peer* column: the ratio over the fastest
+peer of the row, named.
+
 Given several JSON files (runs of the same benchmarks), each row is taken
 whole from the run whose numba_bn-vs-PyTorch ratio is the median of the runs
 (the median numba_bn time where PyTorch is absent), so a row's figures all
@@ -31,6 +35,7 @@ from numba_bn.bench.report import (
     format_seconds,
     MissingDependencyError,
     markdown_table,
+    peers_in,
     results_from_pytest_benchmark,
     save_plot,
     startup_from_pytest_benchmark,
@@ -63,6 +68,12 @@ EXTRA_ROWS_LEGEND = (
     "`bn(x, out=y)` (with `residual=z`: PyTorch's `native_batch_norm.out` into a preallocated tensor, then "
     "`add_`/`relu_`; without: `F.batch_norm`). NumPy has no fused form and is left out."
 )
+#: Added to that legend when the table has JAX rows.
+EXTRA_ROWS_JAX_LEGEND = (
+    " JAX runs the fused training forward and backward (`jax.jit` of the same formulas, the backward in "
+    "closed form with the ReLU's mask from the forward's output) and no *eval_out* row: its arrays are "
+    "immutable, so there is no output buffer to write into."
+)
 
 
 def render(data: dict) -> str:
@@ -76,10 +87,12 @@ def render(data: dict) -> str:
     command = data.get("command", "python -m pytest benchmarks --benchmark-enable")
     plain = [result for result in results if result.case.operation in OPERATIONS]
     extra = [result for result in results if result.case.operation not in OPERATIONS]
+    peers = peers_in(results)
     traffic = traffic_text(result.case.operation for result in results)
     parts = [markdown_table(plain), ""] if plain else []
     parts += [
-        "*vs X*: X's time / numba_bn's time (above 1: numba_bn is faster). *% of copy*: numba_bn's "
+        "*vs X*: X's time / numba_bn's time (above 1: numba_bn is faster). *vs best peer*: the same for "
+        "the fastest peer of that row in the same run (named; the copy is not a peer). *% of copy*: numba_bn's "
         "memory bandwidth over that of a parallel copy of an array of the input's size (same threads), "
         "counting for numba_bn the least traffic of its operation, in copies of the input: "
         f"{traffic}. Times are pytest-benchmark minima."
@@ -88,11 +101,12 @@ def render(data: dict) -> str:
            if len(data.get("merged_from", ())) > 1 else ""),
     ]
     if extra:
-        parts += ["", markdown_table(extra), "", EXTRA_ROWS_LEGEND]
+        legend = EXTRA_ROWS_LEGEND + (EXTRA_ROWS_JAX_LEGEND if "jax" in peers_in(extra) else "")
+        parts += ["", markdown_table(extra), "", legend]
     startup = startup_table(startup_from_pytest_benchmark(data))
     if startup:
         parts += ["", startup]
-    parts += ["", footnote(machine, command) + f" Run date: {data.get('datetime', 'unknown')[:10]}."]
+    parts += ["", footnote(machine, command, peers) + f" Run date: {data.get('datetime', 'unknown')[:10]}."]
     return "\n".join(parts)
 
 

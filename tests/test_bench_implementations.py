@@ -7,6 +7,9 @@ plain operations for every implementation, and the fused
 """
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,12 +45,12 @@ RELU_MARGIN = {"float64": 1e-6, "float32": 1e-4, "float16": 2e-2}
 
 
 def pairs(cases):
-    """``(case, implementation)`` for every implementation that runs the case's operation."""
-    return [(case, impl) for case in cases for impl in CPU if impl.supports(case.operation)]
+    """``(case, implementation)`` for every implementation that runs the case's operation and dtype."""
+    return [(case, impl) for case in cases for impl in CPU if impl.runs(case)]
 
 
 def pair_id(case, impl):
-    return f"{case.operation}-{case.shape_text}-{case.layout}-{impl.name}"
+    return f"{case.operation}-{case.shape_text}-{case.layout}-{case.dtype}-{impl.name}"
 
 
 def normalising_stats(case, data):
@@ -115,13 +118,11 @@ def assert_matches_reference(case, data, outputs, implementation):
                                    atol=TOLERANCE[case.dtype] * scale, err_msg=f"{implementation.name} {name}")
 
 
-ALL_CASES = build_cases(SHAPES, ALL_OPERATIONS)
+ALL_CASES = [case for dtype in sorted(TOLERANCE) for case in build_cases(SHAPES, ALL_OPERATIONS, dtype=dtype)]
 
 
-@pytest.mark.parametrize("dtype", sorted(TOLERANCE))
 @pytest.mark.parametrize("case, implementation", pairs(ALL_CASES), ids=[pair_id(*p) for p in pairs(ALL_CASES)])
-def test_matches_reference(case, dtype, implementation):
-    case = Case(case.operation, case.shape, case.layout, dtype)
+def test_matches_reference(case, implementation):
     data = case_data(case)
     inputs_before = [data.x.copy()] + ([] if data.residual is None else [data.residual.copy()])
     prepared = implementation.prepare(case, data)
@@ -189,7 +190,55 @@ def test_table_covers_every_operation_on_every_device():
     for name in ("numba_bn", "torch", ROOFLINE):
         assert all(cpu[name].supports(operation) for operation in EXTRA_OPERATIONS), name
     assert not any(cpu["numpy"].supports(operation) for operation in EXTRA_OPERATIONS)
+    # JAX arrays are immutable: JAX runs the fused training operations, none into an out= buffer.
+    assert [operation for operation in EXTRA_OPERATIONS if cpu["jax"].supports(operation)] == [
+        "train_forward_add_relu", "train_backward_add_relu"]
     assert set(OUTPUTS) == set(ALL_OPERATIONS)
+
+
+def test_jax_runs_float32_and_float16_and_refuses_the_rest():
+    """JAX computes in float32: float64 cases are left to the others, and its prepare refuses them."""
+    jax_cpu = IMPLEMENTATIONS["cpu"]["jax"]
+    assert jax_cpu.requires == ("jax",) and "pip install" in jax_cpu.install_hint
+    assert [dtype for dtype in sorted(TOLERANCE) if jax_cpu.runs(Case("train_forward", (4, 3), dtype=dtype))] == [
+        "float16", "float32"]
+    assert not jax_cpu.runs(Case("eval_out", (4, 3)))
+    for case in (Case("train_forward", (4, 3), dtype="float64"), Case("eval_out", (4, 3))):
+        with pytest.raises(ValueError, match="for JAX, got"):
+            jax_cpu.prepare(case, make_case_data(case))
+
+
+def test_jax_backward_is_the_gradient_of_its_forward():
+    """The closed-form backward JAX is timed with equals jax.vjp of the JAX forward (float32, both layouts)."""
+    jax = pytest.importorskip("jax")
+    from numba_bn.bench import jax_batchnorm
+
+    for case in build_cases([(6, 3, 5, 7)], ("train_backward_add_relu",)):
+        data = case_data(case)
+        channel = case.channel_axis % data.x.ndim
+        axes = tuple(axis for axis in range(data.x.ndim) if axis != channel)
+
+        def forward(x, weight, bias, residual):
+            return jax_batchnorm.train_forward(x, weight, bias, data.running_mean, data.running_var, residual,
+                                               axes=axes, eps=EPS, momentum=MOMENTUM)[0]
+
+        y, pullback = jax.vjp(forward, data.x, data.weight, data.bias, data.residual)
+        grad_x, grad_weight, grad_bias, grad_residual = pullback(jax.numpy.asarray(data.grad_output))
+        prepared = IMPLEMENTATIONS["cpu"]["jax"].prepare(case, data)
+        timed = prepared.collect(prepared.run())
+        for name, value in (("grad_input", grad_x), ("grad_weight", grad_weight), ("grad_bias", grad_bias),
+                            ("grad_residual", grad_residual)):
+            np.testing.assert_allclose(timed[name], np.asarray(value), rtol=0, atol=1e-4, err_msg=case.layout)
+
+
+def test_importing_the_harness_does_not_import_jax():
+    """jax loads only when a JAX case is prepared: not with numba_bn, its benchmark table or its command line."""
+    code = ("import sys\n"
+            "import numba_bn, numba_bn.bench, numba_bn.bench.implementations, numba_bn.cli\n"
+            "assert 'jax' not in sys.modules, 'jax was imported'\n")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                               cwd=Path(__file__).resolve().parent.parent)
+    assert completed.returncode == 0, completed.stderr
 
 
 def test_extra_cases_are_the_fused_shapes_and_every_eval_out_shape():
@@ -215,8 +264,12 @@ def test_runner_times_only_the_implementations_that_run_an_operation():
     cases = [Case("eval_out_add_relu", (8, 4, 6, 6)), Case("eval_forward", (8, 4, 6, 6))]
     fused, plain = run_cases(cases, min_repeats=2, budget=0.001, min_sample_seconds=1e-5)
     available = {impl.name for impl in implementations("cpu")}
-    assert set(fused.timings) == available - {"numpy"}
+    assert set(fused.timings) == available - {"numpy", "jax"}
     assert set(plain.timings) == available
+    # JAX computes in float32: a float64 case times the others only.
+    (double,) = run_cases([Case("eval_forward", (8, 4), dtype="float64")], min_repeats=2, budget=0.001,
+                          min_sample_seconds=1e-5)
+    assert set(double.timings) == available - {"jax"}
     # The roofline scales the copy by the operation's own traffic: x and z read, y written.
     assert MIN_COPIES["eval_out_add_relu"] == 1.5
     assert fused.roofline_fraction() == pytest.approx(1.5 * fused.time(ROOFLINE) / fused.time("numba_bn"))

@@ -21,6 +21,7 @@ from numba_bn.bench.timing import MIN_REPEATS, Timing
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+HAS_JAX = importlib.util.find_spec("jax") is not None
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +50,7 @@ def test_bench_writes_table_and_consistent_json(tmp_path, capsys):
     # Each case is first warmed up at its real size, then timed; the bar says which.
     assert "compiling/warming up train_forward 8x4x6x6 channels_first" in captured.err
     assert "timing train_forward 8x4x6x6 channels_first" in captured.err
-    assert "vs numpy" in captured.out and "% copy" in captured.out
+    assert "vs numpy" in captured.out and "vs best peer" in captured.out and "% copy" in captured.out
     data = json.loads(path.read_text())
     assert data["settings"]["threads"] == data["machine"]["threads"] == 1
     rows = data["results"]
@@ -62,6 +63,7 @@ def test_bench_writes_table_and_consistent_json(tmp_path, capsys):
         timings = row["timings"]
         assert {OURS, "numpy", ROOFLINE} <= set(timings)
         assert ("torch" in timings) == (importlib.util.find_spec("torch") is not None)
+        assert ("jax" in timings) == HAS_JAX
         # Ratios compare medians; each timing has its quartiles and at least the minimum of samples.
         assert row["statistic"] == "median"
         for peer, speedup in row["speedups"].items():
@@ -69,6 +71,10 @@ def test_bench_writes_table_and_consistent_json(tmp_path, capsys):
             low, high = row["speedup_ranges"][peer]
             assert low <= high
         assert set(row["too_wide_to_call"]) == set(timings) - {OURS}
+        # The best peer is the fastest of those timed on the row, never the copy.
+        peer_medians = {name: t["median"] for name, t in timings.items() if name not in (OURS, ROOFLINE)}
+        assert row["best_peer"] == min(peer_medians, key=peer_medians.get)
+        assert row["best_peer_speedup"] == pytest.approx(min(peer_medians.values()) / timings[OURS]["median"])
         least_traffic = MIN_COPIES[row["operation"]]
         assert row["roofline_fraction"] == pytest.approx(
             least_traffic * timings[ROOFLINE]["median"] / timings[OURS]["median"]
@@ -96,7 +102,7 @@ def test_info_names_versions_threads_cuda_and_cache(capsys):
     out = capsys.readouterr().out
     import numba
 
-    for needle in (f"numba: {numba.__version__}", "threading layer:", "threads:", "cuda:", "kernel cache:"):
+    for needle in (f"numba: {numba.__version__}", "jax:", "threading layer:", "threads:", "cuda:", "kernel cache:"):
         assert needle in out
 
 
@@ -126,6 +132,9 @@ def test_startup_command_reports_both_caches(monkeypatch, capsys):
         ["--device", "tpu"],
         ["--layout", "nhwc"],
         ["--operations", "train_forward,sideways"],
+        ["--peers", "tensorflow"],
+        ["--peers", ""],
+        ["--device", "cuda", "--peers", "jax"],
         ["--budget", "-1"],
         ["--json", "/no/such/folder/out.json"],
         ["--plot", "chart.svg"],
@@ -319,7 +328,7 @@ def test_top_level_help_lists_the_bench_options(capsys):
         cli.main(["--help"])
     assert raised.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--quick", "--shapes", "--budget", "--threads", "--json"):
+    for option in ("--quick", "--shapes", "--budget", "--threads", "--json", "--peers"):
         assert option in out
     assert "precompile" in out and "startup" in out  # the other commands are still listed
 
@@ -338,9 +347,11 @@ def test_bench_prints_spread_and_explains_percent_of_copy(capsys):
 def test_missing_pytorch_is_named_with_its_install_command(monkeypatch, tmp_path, capsys):
     implementations = importlib.import_module("numba_bn.bench.implementations")
 
-    monkeypatch.setattr(implementations, "_importable", lambda module: module != "torch")
+    importable = implementations._importable
+    monkeypatch.setattr(implementations, "_importable", lambda module: module != "torch" and importable(module))
     path = tmp_path / "bench.json"
-    assert _tiny_bench("--json", str(path)) == 0
+    # Only the peers named: a missing peer that was not asked for adds no note.
+    assert _tiny_bench("--json", str(path), "--peers", "torch,numpy") == 0
     out = capsys.readouterr().out
     assert "vs torch" not in out and "vs numpy" in out
     notes = [line for line in out.splitlines() if line.startswith("note:")]
@@ -435,3 +446,166 @@ def test_timing_quartiles_and_json():
     assert timing.as_dict() == {"best": 1.0, "median": 3.0, "repeats": 5, "q1": 2.0, "q3": 4.0,
                                 "relative_iqr": pytest.approx(2 / 3), "calls_per_sample": 7}
     assert Timing(best=1.0, median=2.0, repeats=3).relative_iqr is None  # e.g. from an older file
+
+
+# ------------------------------------------------------------ the best peer
+
+
+def _case_result(operation, **medians):
+    """A row whose implementations took ``medians`` seconds in every sample."""
+    timings = {name: Timing.from_samples([seconds] * 5) for name, seconds in medians.items()}
+    return report.CaseResult(cases.Case(operation, (16, 8)), "cpu", timings)
+
+
+def test_best_peer_is_the_fastest_peer_of_each_row_never_the_copy():
+    rows = [
+        # The copy is fastest of all, torch second: the best peer is JAX, the fastest *peer*.
+        _case_result("train_forward", **{OURS: 1.0, "torch": 3.0, "jax": 2.0, "numpy": 5.0, ROOFLINE: 0.5}),
+        # Here NumPy is: the choice is made per row.
+        _case_result("eval_forward", **{OURS: 1.0, "torch": 4.0, "jax": 8.0, "numpy": 0.5, ROOFLINE: 0.25}),
+        _case_result("train_backward", **{OURS: 2.0, ROOFLINE: 1.0}),  # no peer ran
+    ]
+    assert [row.best_peer() for row in rows] == ["jax", "numpy", None]
+    assert [row.best_peer_speedup() for row in rows] == [2.0, 0.5, None]
+    assert rows[0].as_dict()["best_peer"] == "jax" and rows[0].as_dict()["best_peer_speedup"] == 2.0
+
+    table = report.format_text_table(rows).splitlines()
+    header = table[0].split()
+    assert "vs best peer" in table[0] and header[-1] == "copy" and header[-2] == "%"
+    assert "2.00x jax" in table[2] and "0.50x numpy" in table[3]
+    # Each peer keeps its own ratio column; the best-peer column comes after them.
+    assert table[2].index("3.00x") < table[2].index("2.00x jax")
+
+    markdown = report.markdown_table(rows).splitlines()
+    assert markdown[0] == ("| operation | shape (N, C, ...) | layout | numba_bn | vs PyTorch | vs JAX | vs NumPy "
+                           "| vs best peer | % of copy |")
+    assert "| 3.00x | 2.00x | 5.00x | 2.00x JAX |" in markdown[2]
+    assert "| 4.00x | 8.00x | 0.50x | 0.50x NumPy |" in markdown[3]
+    assert "| - | - | - | - |" in markdown[4]
+    assert any("vs best peer:" in line for line in report.table_notes(rows))
+
+
+def test_best_peer_compares_the_rows_statistic():
+    """pytest-benchmark's rows compare minima: the peer with the least minimum is the best, whatever the medians."""
+    timings = {OURS: Timing(best=1.0, median=1.0, repeats=3), "torch": Timing(best=1.5, median=4.0, repeats=3),
+               "numpy": Timing(best=3.0, median=3.0, repeats=3)}
+    case = cases.Case("eval_forward", (16, 8))
+    assert report.CaseResult(case, "cpu", timings, statistic="best").best_peer() == "torch"
+    assert report.CaseResult(case, "cpu", timings, statistic="median").best_peer() == "numpy"
+
+
+def test_a_noisy_best_peer_ratio_is_marked():
+    steady = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0]
+    noisy = [1.0, 2.0, 0.5, 1.5, 0.7, 1.8, 1.0]
+    timings = {OURS: Timing.from_samples(steady), "torch": Timing.from_samples([1.5 * t for t in noisy]),
+               "numpy": Timing.from_samples([3 * t for t in steady])}
+    row = report.CaseResult(cases.Case("eval_forward", (16, 8)), "cpu", timings)
+    assert row.best_peer() == "torch" and row.too_wide_to_call("torch")
+    assert f"{report.UNCERTAIN_MARK}1.50x torch" in report.format_text_table([row])
+
+
+# ------------------------------------------------------------------- JAX
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
+def test_jax_is_timed_as_a_peer_where_installed(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert _tiny_bench("--json", str(path), "--operations", "train_forward,eval_forward,train_backward",
+                       "--peers", "jax") == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert "vs jax" in header and "vs best peer" in header
+    assert "vs torch" not in header and "vs numpy" not in header  # --peers jax: the others are not timed
+    assert "jax: JAX CPU: jax.jit" in out
+    data = json.loads(path.read_text())
+    assert data["settings"]["peers"] == ["jax"] and data["machine"]["jax"]
+    for row in data["results"]:
+        assert set(row["timings"]) == {OURS, "jax", ROOFLINE}
+        assert row["best_peer"] == "jax"
+        assert row["best_peer_speedup"] == pytest.approx(row["speedups"]["jax"])
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
+def test_jax_left_out_of_float64_with_a_note(capsys):
+    assert _tiny_bench("--dtype", "float64", "--peers", "jax,numpy") == 0
+    out = capsys.readouterr().out
+    assert "vs jax" not in out and "vs numpy" in out
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert notes == ["note: jax is left out: it runs float32, float16 only, not float64. "
+                     "JAX computes in float32 unless its process-wide jax_enable_x64 switch is on."]
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
+@pytest.mark.skipif(cli.max_threads() < 2, reason="needs 2 or more threads to run with fewer")
+def test_jax_with_fewer_threads_says_its_pool_is_not_limited():
+    _, notes = cli.select_implementations("cpu", ("jax",), "float32", threads=1)
+    assert notes == [cli.JAX_THREADS_NOTE]
+    _, notes = cli.select_implementations("cpu", ("jax",), "float32", threads=cli.max_threads())
+    assert notes == []
+    chosen, notes = cli.select_implementations("cpu", ("numpy",), "float32", threads=1)
+    assert [impl.name for impl in chosen] == [OURS, "numpy", ROOFLINE] and notes == []
+
+
+def test_missing_jax_is_named_with_its_install_command(monkeypatch):
+    implementations = importlib.import_module("numba_bn.bench.implementations")
+
+    importable = implementations._importable
+    monkeypatch.setattr(implementations, "_importable", lambda module: module != "jax" and importable(module))
+    chosen, notes = cli.select_implementations("cpu", cli.PEERS, "float32", threads=cli.max_threads())
+    assert "jax" not in [impl.name for impl in chosen]
+    (note,) = [note for note in notes if note.startswith("jax")]
+    assert "not installed" in note and 'pip install "jax[cpu]==0.10.2"' in note
+
+
+def _bench_table_module():
+    spec = importlib.util.spec_from_file_location("bench_table", ROOT / "scripts" / "bench_table.py")
+    bench_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_table)
+    return bench_table
+
+
+def _pytest_benchmark_document(rows, with_jax_version):
+    """A --benchmark-json document with the given ``{implementation: minimum}`` per (operation, shape)."""
+    benchmarks = []
+    for (operation, shape), minima in rows.items():
+        for name, seconds in minima.items():
+            benchmarks.append({
+                "group": f"{operation} {shape}", "stats": {"min": seconds, "median": seconds, "rounds": 3},
+                "extra_info": {"operation": operation, "shape": list(shape), "layout": "channels_first",
+                               "dtype": "float32", "implementation": name, "device": "cpu"},
+            })
+    machine = report.machine_info(threads=2)
+    machine["jax"] = "0.10.2" if with_jax_version else None
+    return {"benchmarks": benchmarks, "machine_info": {"numba_bn": machine}, "datetime": "2026-12-03T00:00:00"}
+
+
+def test_bench_table_shows_jax_and_the_best_peer():
+    bench_table = _bench_table_module()
+    rows = {("train_forward", (64, 128)): {OURS: 1e-3, "torch": 4e-3, "jax": 2e-3, "numpy": 8e-3, ROOFLINE: 5e-4},
+            ("train_backward_add_relu", (64, 128)): {OURS: 2e-3, "torch": 3e-3, "jax": 5e-3, ROOFLINE: 1e-3}}
+    block = bench_table.render(_pytest_benchmark_document(rows, with_jax_version=True))
+    assert "| vs PyTorch | vs JAX | vs NumPy | vs best peer | % of copy |" in block
+    assert "| train_forward | 64x128 | ch-first | 1 ms | 4.00x | 2.00x | 8.00x | 2.00x JAX |" in block
+    # The fused table has no NumPy column; there PyTorch is the faster peer.
+    assert "| vs PyTorch | vs JAX | vs best peer | % of copy |" in block
+    assert "| train_backward_add_relu | 64x128 | ch-first | 2 ms | 1.50x | 2.50x | 1.50x PyTorch |" in block
+    assert "JAX runs the fused training forward and backward" in block
+    assert "JAX 0.10.2" in block and "but JAX (XLA's own pool" in block
+
+
+def test_bench_table_without_jax_rows_has_no_jax_column():
+    """The committed results predate the JAX peer: they render as before, plus the best-peer column."""
+    bench_table = _bench_table_module()
+    data = json.loads((ROOT / "benchmarks" / "results" / "cpu.json").read_text())
+    block = bench_table.render(data)
+    assert "vs JAX" not in block and "JAX" not in block
+    assert "| vs PyTorch | vs NumPy | vs best peer | % of copy |" in block
+    for result in report.results_from_pytest_benchmark(data):
+        if result.case.operation == "train_forward":
+            best = result.best_peer()
+            assert best == min(("torch", "numpy"), key=lambda name: result.timings[name].best)
+            ratio = result.timings[best].best / result.timings[OURS].best
+            assert f"{report.format_ratio(ratio)} {report.PEER_LABELS[best]} |" in block
+    # A file whose machine has JAX but no JAX rows does not name it either.
+    rows = {("eval_forward", (64, 128)): {OURS: 1e-3, "torch": 2e-3}}
+    assert "JAX" not in bench_table.render(_pytest_benchmark_document(rows, with_jax_version=True))

@@ -259,7 +259,12 @@ def test_command_line_and_benchmark_helpers_have_docstrings():
     ]
     undocumented = []
     for module_name in names:
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != "jax":
+                raise
+            continue  # numba_bn.bench.jax_batchnorm is JAX code: checked where jax is installed
         for name, value in vars(module).items():
             defined_here = getattr(value, "__module__", None) == module_name
             if not name.startswith("_") and defined_here and (inspect.isfunction(value) or inspect.isclass(value)):

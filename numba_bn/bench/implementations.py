@@ -13,7 +13,11 @@ layout (``{}`` for the copy roofline, which computes nothing to check).
 Every implementation runs the plain operations (:data:`~.cases.OPERATIONS`);
 the fused BatchNorm + residual add + ReLU and the ``out=`` operations
 (:data:`~.cases.EXTRA_OPERATIONS`) are run by those that list them in
-:attr:`Implementation.operations`: numba_bn, PyTorch and the roofline on the CPU.
+:attr:`Implementation.operations`: numba_bn, PyTorch and the roofline on the CPU
+run them all, JAX the fused training forward and backward only (its arrays
+are immutable: there is no ``out=``). Every implementation runs every dtype
+of :data:`~.cases.DTYPES` but JAX, whose arithmetic is float32 (float64 would
+need JAX's process-wide ``jax_enable_x64``): see :attr:`Implementation.dtypes`.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 import numba_bn as nbn
 
 from .. import _backend
-from .cases import ALL_OPERATIONS, CHANNELS_LAST, FUSED_OPERATIONS, OPERATIONS, Case, CaseData
+from .cases import ALL_OPERATIONS, CHANNELS_LAST, DTYPES, FUSED_OPERATIONS, OPERATIONS, Case, CaseData
 
 EPS = 1e-5
 MOMENTUM = 0.1
@@ -73,10 +77,16 @@ class Implementation:
     install_hint: str = ""  # how to install what ``requires`` names
     unusable_hint: str = ""  # why ``usable()`` can be False, and what to do about it
     operations: tuple[str, ...] = OPERATIONS  # the operations ``prepare`` accepts
+    dtypes: tuple[str, ...] = DTYPES  # the data types ``prepare`` accepts
+    dtypes_hint: str = ""  # why some data types are not in ``dtypes``
 
     def supports(self, operation: str) -> bool:
         """Whether ``prepare`` accepts cases of ``operation``."""
         return operation in self.operations
+
+    def runs(self, case: Case) -> bool:
+        """Whether ``prepare`` accepts ``case``: its operation and its dtype."""
+        return self.supports(case.operation) and case.dtype in self.dtypes
 
     def is_available(self) -> bool:
         """Whether the modules it needs are importable and its device is usable."""
@@ -426,6 +436,69 @@ def _prepare_torch_cuda(case: Case, data: CaseData) -> Prepared:
     return _prepare_torch(case, data, device="cuda")
 
 
+# ----------------------------------------------------------------------- JAX
+
+
+def _prepare_jax(case: Case, data: CaseData) -> Prepared:
+    """``jax.jit`` of PyTorch's formulas on JAX's CPU device (see :mod:`.jax_batchnorm`).
+
+    The arrays are placed on the device and the program compiled (by a
+    first call) here, untimed. JAX dispatches asynchronously: each timed call
+    waits until its results are computed (``block_until_ready``). A
+    channels-last case hands JAX the stored ``(N, ..., C)`` array, reduced
+    over all axes but the last. The training forward returns its updated
+    running buffers (JAX arrays are immutable); each call starts from the
+    case's buffers, the same work as an update in place.
+    """
+    if not (case.operation in _JAX_OPERATIONS and case.dtype in _JAX_DTYPES):
+        raise ValueError(f"expected an operation in {list(_JAX_OPERATIONS)} and a dtype in {list(_JAX_DTYPES)} "
+                         f"for JAX, got {case.operation!r} in {case.dtype}")
+    import jax
+
+    from . import jax_batchnorm
+
+    device = jax.devices("cpu")[0]  # the CPU peer even where a GPU build of jaxlib is installed
+
+    def put(array):
+        return None if array is None else jax.device_put(array, device)
+
+    x, grad_output, residual = put(data.x), put(data.grad_output), put(data.residual)
+    weight, bias = put(data.weight), put(data.bias)
+    running_mean, running_var = put(data.running_mean), put(data.running_var)
+    axes = _reduce_axes(case)
+
+    if case.operation in ("train_forward", "train_forward_add_relu"):
+        def compute():  # residual is None for the plain forward
+            y, new_mean, new_var = jax_batchnorm.train_forward(
+                x, weight, bias, running_mean, running_var, residual, axes=axes, eps=EPS, momentum=MOMENTUM)
+            return {"y": y, "running_mean": new_mean, "running_var": new_var}
+    elif case.operation == "eval_forward":
+        def compute():
+            return {"y": jax_batchnorm.eval_forward(x, weight, bias, running_mean, running_var,
+                                                    axes=axes, eps=EPS)}
+    else:  # train_backward, train_backward_add_relu
+        # What the forward saves for its backward, as PyTorch's native_batch_norm does (and, for the
+        # ReLU's mask, its output, as autograd keeps it).
+        mean, invstd = jax_batchnorm.saved_statistics(x, axes=axes, eps=EPS)
+        if case.operation == "train_backward_add_relu":
+            y = jax_batchnorm.train_forward(x, weight, bias, running_mean, running_var, residual,
+                                            axes=axes, eps=EPS, momentum=MOMENTUM)[0]
+
+            def compute():
+                grads = jax_batchnorm.train_backward_add_relu(grad_output, y, x, mean, invstd, weight, axes=axes)
+                return dict(zip(OUTPUTS[case.operation], grads))
+        else:
+            def compute():
+                grads = jax_batchnorm.train_backward(grad_output, x, mean, invstd, weight, axes=axes)
+                return dict(zip(OUTPUTS[case.operation], grads))
+
+    def run():
+        return jax.block_until_ready(compute())
+
+    run()  # compiles the program for these shapes, dtypes and axes
+    return Prepared(run, _collect_host_arrays)
+
+
 # ------------------------------------------------------------------ roofline
 
 
@@ -463,6 +536,12 @@ _TORCH_CPU_INSTALL = (
     "To compare with it: pip install torch==2.13.0 (or, for the CPU-only wheel on any machine: "
     "pip install torch --index-url https://download.pytorch.org/whl/cpu)."
 )
+_JAX_INSTALL = 'To compare with it: pip install "jax[cpu]==0.10.2".'
+#: JAX has no out= (its arrays are immutable): the plain operations and the fused training ones.
+_JAX_OPERATIONS = OPERATIONS + ("train_forward_add_relu", "train_backward_add_relu")
+#: JAX computes in float32 by default; float64 would need its process-wide jax_enable_x64 switch.
+_JAX_DTYPES = ("float32", "float16")
+_JAX_DTYPES_HINT = "JAX computes in float32 unless its process-wide jax_enable_x64 switch is on."
 _TORCH_CUDA_INSTALL = "To compare with it: pip install torch (PyPI's Linux wheels are CUDA builds)."
 _TORCH_CUDA_UNUSABLE = (
     "PyTorch is installed but torch.cuda.is_available() is False (a CPU-only build, or no GPU it can use). "
@@ -479,6 +558,9 @@ IMPLEMENTATIONS: Mapping[str, Mapping[str, Implementation]] = {
                                 "(fused: in-place add_/relu_, autograd's backward)",
                                 _prepare_torch, requires=("torch",), install_hint=_TORCH_CPU_INSTALL,
                                 operations=ALL_OPERATIONS),
+        "jax": Implementation("jax", "cpu", "JAX CPU: jax.jit of the same formulas, closed-form backward, "
+                              "float32 arithmetic", _prepare_jax, requires=("jax",), install_hint=_JAX_INSTALL,
+                              operations=_JAX_OPERATIONS, dtypes=_JAX_DTYPES, dtypes_hint=_JAX_DTYPES_HINT),
         "numpy": Implementation("numpy", "cpu", "plain vectorised NumPy", _prepare_numpy),
         ROOFLINE: Implementation(ROOFLINE, "cpu", "parallel copy of an array of the input's size (roofline)",
                                  _prepare_copy, operations=ALL_OPERATIONS),

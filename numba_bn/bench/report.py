@@ -1,7 +1,9 @@
 """Results of a benchmark run as ratios: tables for the terminal and the README, JSON, a plot.
 
 The figures compared are *speedups* (a peer's time divided by numba_bn's:
-above 1 means numba_bn is faster) and the *fraction of the copy roofline*:
+above 1 means numba_bn is faster), the speedup over the *best peer* (the
+fastest of the peers measured on the same case in the same run: PyTorch, JAX,
+NumPy; never the roofline) and the *fraction of the copy roofline*:
 numba_bn's memory bandwidth over a parallel copy's, counting for numba_bn the
 least memory traffic of its operation. A copy reads and writes the array
 once; the least traffic of each operation, in copies, is in
@@ -21,7 +23,7 @@ import os
 import platform
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .cases import ALL_OPERATIONS, OPERATIONS, Case
 from .implementations import OURS, ROOFLINE
@@ -44,7 +46,7 @@ MIN_ARRAYS: Mapping[str, int] = {
 #: copy roofline's time scaled by this is the time of the operation's bytes at copy speed.
 MIN_COPIES: Mapping[str, float] = {operation: arrays / 2 for operation, arrays in MIN_ARRAYS.items()}
 
-PEER_LABELS: Mapping[str, str] = {"torch": "PyTorch", "numpy": "NumPy"}
+PEER_LABELS: Mapping[str, str] = {"torch": "PyTorch", "jax": "JAX", "numpy": "NumPy"}
 
 #: A comparison is too wide to call when either side's interquartile range
 #: exceeds this fraction of its median (a spread beyond ±10%), or when the
@@ -89,6 +91,23 @@ class CaseResult:
         """``peer``'s time over numba_bn's (None when either is missing)."""
         ours, theirs = self.time(OURS), self.time(peer)
         return None if ours is None or theirs is None else theirs / ours
+
+    def peers(self) -> list[str]:
+        """The implementations measured on this case other than numba_bn and the roofline, in table order."""
+        return [name for name in self.timings if name not in (OURS, ROOFLINE)]
+
+    def best_peer(self) -> str | None:
+        """The fastest peer of this case, by the time ratios use (:meth:`time`); None when no peer ran.
+
+        Of two peers equally fast, the first in table order.
+        """
+        peers = self.peers()
+        return min(peers, key=self.time) if peers else None
+
+    def best_peer_speedup(self) -> float | None:
+        """The fastest peer's time over numba_bn's (None when no peer ran or numba_bn did not)."""
+        best = self.best_peer()
+        return None if best is None else self.speedup(best)
 
     def speedup_range(self, peer: str) -> tuple[float, float] | None:
         """The interquartile range of the speedup over ``peer``: ``(low, high)``.
@@ -140,7 +159,7 @@ class CaseResult:
     def as_dict(self) -> dict[str, Any]:
         """The case, its timings, speedups (with their ranges) and roofline fraction, for JSON."""
         case = self.case
-        peers = [name for name in self.timings if name not in (OURS, ROOFLINE)]
+        peers = self.peers()
         compared = peers + ([ROOFLINE] if ROOFLINE in self.timings else [])
         ranges = {peer: self.speedup_range(peer) for peer in peers}
         return {
@@ -149,6 +168,7 @@ class CaseResult:
             "statistic": self.statistic,
             "timings": {name: timing.as_dict() for name, timing in self.timings.items()},
             "speedups": {peer: self.speedup(peer) for peer in peers},
+            "best_peer": self.best_peer(), "best_peer_speedup": self.best_peer_speedup(),
             "speedup_ranges": {peer: None if r is None else list(r) for peer, r in ranges.items()},
             "too_wide_to_call": {name: self.too_wide_to_call(name) for name in compared
                                  if OURS in self.timings},
@@ -160,9 +180,8 @@ def peers_in(results: Iterable[CaseResult]) -> list[str]:
     """Implementations other than numba_bn and the roofline that appear in ``results``, in table order."""
     seen: dict[str, None] = {}
     for result in results:
-        for name in result.timings:
-            if name not in (OURS, ROOFLINE):
-                seen[name] = None
+        for name in result.peers():
+            seen[name] = None
     return list(seen)
 
 
@@ -202,6 +221,21 @@ def _marked(text: str, uncertain: bool) -> str:
     return UNCERTAIN_MARK + text if uncertain and text != "-" else text
 
 
+def best_peer_cell(result: CaseResult, label: Callable[[str], str] = str) -> str:
+    """The speedup over the fastest peer and that peer's name, as ``1.25x torch``; ``-`` when no peer ran.
+
+    ``label`` gives the name shown for an implementation's name (the
+    README's tables show :data:`PEER_LABELS`).
+    """
+    best = result.best_peer()
+    ratio = result.best_peer_speedup()
+    return "-" if best is None or ratio is None else f"{format_ratio(ratio)} {label(best)}"
+
+
+def _readme_label(name: str) -> str:
+    return PEER_LABELS.get(name, name)
+
+
 def _rows(results: Sequence[CaseResult], peers: Sequence[str], with_times: bool) -> list[list[str]]:
     rows = []
     for result in results:
@@ -210,9 +244,12 @@ def _rows(results: Sequence[CaseResult], peers: Sequence[str], with_times: bool)
         if with_times:
             row += [_timed_cell(result, name) for name in (OURS, *peers, ROOFLINE)]
             row += [_marked(format_ratio(result.speedup(peer)), result.too_wide_to_call(peer)) for peer in peers]
+            best = result.best_peer()
+            row.append(_marked(best_peer_cell(result), best is not None and result.too_wide_to_call(best)))
             row.append(_marked(format_percent(result.roofline_fraction()), result.too_wide_to_call(ROOFLINE)))
         else:
             row += [format_ratio(result.speedup(peer)) for peer in peers]
+            row.append(best_peer_cell(result, _readme_label))
             row.append(format_percent(result.roofline_fraction()))
         rows.append(row)
     return rows
@@ -242,7 +279,7 @@ def format_text_table(results: Sequence[CaseResult]) -> str:
     """
     peers = peers_in(results)
     header = ["operation", "shape", "layout", OURS, *peers, ROOFLINE]
-    header += [f"vs {name}" for name in peers] + ["% copy"]
+    header += [f"vs {name}" for name in peers] + ["vs best peer", "% copy"]
     rows = [header] + _rows(results, peers, with_times=True)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
@@ -256,7 +293,7 @@ def format_text_table(results: Sequence[CaseResult]) -> str:
 
 
 def markdown_table(results: Sequence[CaseResult]) -> str:
-    """The README's table: numba_bn's time, speedups over each peer, % of the copy roofline.
+    """The README's table: numba_bn's time, speedups over each peer and over the best one, % of the copy roofline.
 
     Parameters
     ----------
@@ -269,7 +306,7 @@ def markdown_table(results: Sequence[CaseResult]) -> str:
     """
     peers = peers_in(results)
     header = ["operation", "shape (N, C, ...)", "layout", "numba_bn"]
-    header += [f"vs {PEER_LABELS.get(name, name)}" for name in peers] + ["% of copy"]
+    header += [f"vs {_readme_label(name)}" for name in peers] + ["vs best peer", "% of copy"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(header) - 3)]
     for result, row in zip(results, _rows(results, peers, with_times=False)):
         row = row[:3] + [format_seconds(result.time(OURS))] + row[3:]
@@ -315,7 +352,9 @@ def table_notes(results: Sequence[CaseResult], missing: Sequence[str] = ()) -> l
     lines = [(
         f"Times: {statistic} seconds per call over samples taken in turn with the other implementations', "
         "± half their interquartile range as % of the median. "
-        "vs X: X's time / numba_bn's time (above 1: numba_bn is faster)."
+        "vs X: X's time / numba_bn's time (above 1: numba_bn is faster). "
+        "vs best peer: the same for the fastest peer on that row (of those timed in this run; "
+        "never the copy), which it names."
     )]
     if any_too_wide_to_call(results):
         lines.append(
@@ -357,8 +396,8 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     -------
     dict
         Keys ``cpu``, ``logical_cpus``, ``threads``, ``platform``, ``python``,
-        ``numpy``, ``numba``, ``numba_bn``, ``torch`` (None when missing) and
-        ``threading_layer`` (None before any parallel kernel ran).
+        ``numpy``, ``numba``, ``numba_bn``, ``torch`` and ``jax`` (None when
+        missing) and ``threading_layer`` (None before any parallel kernel ran).
     """
     import numba
     import numpy
@@ -375,6 +414,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         "numba": numba.__version__,
         "numba_bn": numba_bn.__version__,
         "torch": None,
+        "jax": _installed_version("jax"),
     }
     try:
         import torch
@@ -389,7 +429,17 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     return info
 
 
-def footnote(machine: Mapping[str, Any], command: str) -> str:
+def _installed_version(distribution: str) -> str | None:
+    """The installed version of ``distribution``, read from its metadata (the package is not imported)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def footnote(machine: Mapping[str, Any], command: str, peers: Iterable[str] = ()) -> str:
     """One paragraph naming the machine, threads, versions and the exact command.
 
     Parameters
@@ -398,6 +448,9 @@ def footnote(machine: Mapping[str, Any], command: str) -> str:
         As returned by :func:`machine_info`.
     command : str
         The command line that produced the figures.
+    peers : iterable of str
+        The peers in the table (see :func:`peers_in`): JAX's version is named
+        when it is one of them, with the thread pool it uses.
 
     Returns
     -------
@@ -408,9 +461,14 @@ def footnote(machine: Mapping[str, Any], command: str) -> str:
         f"Python {machine['python']}, NumPy {machine['numpy']}, Numba {machine['numba']}"
         + (f", PyTorch {torch}" if torch else ", PyTorch not installed")
     )
+    threads = f"{machine['threads']} threads for every implementation"
+    if "jax" in set(peers) and machine.get("jax"):
+        versions += f", JAX {machine['jax']}"
+        # XLA sizes its CPU thread pool when it starts; neither --threads nor NUMBA_NUM_THREADS reaches it.
+        threads = f"{machine['threads']} threads for every implementation but JAX (XLA's own pool, every core)"
     return (
         f"Measured on {machine['cpu']} ({machine['logical_cpus']} logical CPUs), "
-        f"{machine['threads']} threads for every implementation; {versions}. "
+        f"{threads}; {versions}. "
         f"Command: `{command}`."
     )
 

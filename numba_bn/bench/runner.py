@@ -35,7 +35,7 @@ def run_cases(
     device : {"cpu", "cuda"}
     chosen : sequence of Implementation, optional
         Default: every available implementation for ``device``. Each case
-        runs those of them that support its operation.
+        runs those of them that support its operation and dtype.
     progress : ProgressBar, optional
         Shows "compiling/warming up <case>", then "timing <case>", and
         advances by one step per case.
@@ -58,7 +58,7 @@ def run_cases(
             progress.update(f"compiling/warming up {case.name}")
         data = make_case_data(case)
         runs = {implementation.name: implementation.prepare(case, data).run for implementation in chosen
-                if implementation.supports(case.operation)}
+                if implementation.runs(case)}
         warm_up_runs(runs, device)
         if progress is not None:
             progress.update(f"timing {case.name}")

@@ -107,6 +107,9 @@ def max_threads() -> int:
 def set_threads(count: int) -> int:
     """Use ``count`` threads in Numba and, when installed, in PyTorch.
 
+    Not in JAX: XLA sizes its CPU thread pool (every core) when its backend
+    starts and cannot change it in a running process.
+
     Parameters
     ----------
     count : int
