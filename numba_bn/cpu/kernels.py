@@ -647,12 +647,14 @@ def _reduction_result(sizes, first, second, references, deviations):
 
 
 @njit(inline="always", **_SERIAL)
-def _value(x, dy, k0, k1, k2, k3, mode, zero):
-    """One output value from the input values and the channel's four coefficients."""
+def _value(x, dy, k0, k1, k2, k3, mode, relu, zero):
+    """One output value from the input values and the channel's four coefficients.
+
+    ``relu`` is a constant of each kind of pass (not a test per value)."""
     value = (x - k0) * k1 + k2
     if mode & ADD:
         value += k3 * dy
-    if mode & RELU and value <= 0:  # NaN stays NaN, as with torch.relu
+    if relu and value <= 0:  # NaN stays NaN, as with torch.relu
         value = zero
     return value
 
@@ -667,29 +669,29 @@ def _gated_value(x, dy, keep, k0, k1, k2, k3, mode, zero):
 
 
 @njit(inline="always", **_SERIAL)
-def _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, mode, zero):
+def _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, mode, relu, zero):
     """``n`` outputs at ``ob`` (stride ``os``) from the inputs at ``xb``/``gb``."""
     if xs == 1 and gs == 1 and os == 1:
         xv = x[xb : xb + n]
         gv = dy[gb : gb + n]
         ov = out[ob : ob + n]
         for i in range(n):
-            ov[i] = store(_value(load(xv[i]), load(gv[i]), k0, k1, k2, k3, mode, zero), out)
+            ov[i] = store(_value(load(xv[i]), load(gv[i]), k0, k1, k2, k3, mode, relu, zero), out)
     else:
         for i in range(n):
-            value = _value(load(x[xb + i * xs]), load(dy[gb + i * gs]), k0, k1, k2, k3, mode, zero)
+            value = _value(load(x[xb + i * xs]), load(dy[gb + i * gs]), k0, k1, k2, k3, mode, relu, zero)
             out[ob + i * os] = store(value, out)
 
 
 @njit(inline="always", **_SERIAL)
-def _tile_values(x, xb, dy, gb, out, ob, n, k, mode, zero):
+def _tile_values(x, xb, dy, gb, out, ob, n, k, mode, relu, zero):
     """``n`` packed outputs with per-value coefficients: ``k`` holds four tiled rows."""
     xv = x[xb : xb + n]
     gv = dy[gb : gb + n]
     ov = out[ob : ob + n]
     k0, k1, k2, k3 = k[0], k[1], k[2], k[3]
     for j in range(n):
-        ov[j] = store(_value(load(xv[j]), load(gv[j]), k0[j], k1[j], k2[j], k3[j], mode, zero), out)
+        ov[j] = store(_value(load(xv[j]), load(gv[j]), k0[j], k1[j], k2[j], k3[j], mode, relu, zero), out)
 
 
 @njit(inline="always", **_SERIAL)
@@ -732,13 +734,13 @@ def _write_passed(dy, gb, gs, out2, o2b, o2s, n, keep, o, zero):
 def _plain_segment(
     x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, pending, scratch
 ):
-    _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, mode, zero)
+    _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, mode, False, zero)
     return pending
 
 
 @njit(inline="always", **_SERIAL)
 def _plain_tile(x, xb, dy, gb, out, ob, out2, o2b, n, k, mode, zero, mask, position, pending, scratch):
-    _tile_values(x, xb, dy, gb, out, ob, n, k, mode, zero)
+    _tile_values(x, xb, dy, gb, out, ob, n, k, mode, False, zero)
     return pending
 
 
@@ -746,7 +748,7 @@ def _plain_tile(x, xb, dy, gb, out, ob, out2, o2b, n, k, mode, zero, mask, posit
 def _relu_segment(
     x, xb, xs, dy, gb, gs, out, ob, os, out2, o2b, o2s, n, k0, k1, k2, k3, mode, zero, mask, position, pending, scratch
 ):
-    _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, mode, zero)
+    _segment_values(x, xb, xs, dy, gb, gs, out, ob, os, n, k0, k1, k2, k3, mode, True, zero)
     if mask.size:
         pending = _record_signs(out, ob, os, n, mask, position, pending, scratch)
     return pending
@@ -754,7 +756,7 @@ def _relu_segment(
 
 @njit(inline="always", **_SERIAL)
 def _relu_tile(x, xb, dy, gb, out, ob, out2, o2b, n, k, mode, zero, mask, position, pending, scratch):
-    _tile_values(x, xb, dy, gb, out, ob, n, k, mode, zero)
+    _tile_values(x, xb, dy, gb, out, ob, n, k, mode, True, zero)
     if mask.size:
         pending = _record_signs(out, ob, 1, n, mask, position, pending, scratch)
     return pending
