@@ -17,6 +17,7 @@ import numba_bn as nbn
 from cuda_support import host, needs_cuda
 from numba_bn.cpu import backend as cpu_backend
 from numba_bn.cpu import channel_math as cpu_channel_math
+from numba_bn.cpu import small_calls
 from state_snapshot import assert_unchanged, snapshot
 
 ERRORS = [MemoryError, KeyboardInterrupt]
@@ -43,6 +44,8 @@ def _inject_cpu(monkeypatch, injected):
         monkeypatch.setitem(cpu_backend._KERNELS, key, injected.wrap(kernel))
     for name in ("forward_coefficients", "update_running", "backward_coefficients", "grad_scale", "weight_grads"):
         monkeypatch.setattr(cpu_channel_math, name, injected.wrap(getattr(cpu_channel_math, name)))
+    for layout, steps in small_calls._STEPS.items():  # a repeated small call's one compiled step
+        monkeypatch.setitem(small_calls._STEPS, layout, tuple(injected.wrap(step) for step in steps))
 
 
 def _inject_cuda(monkeypatch, injected):

@@ -70,17 +70,18 @@ def _forward(
     coefficients = np.zeros((4, channels), compute.dtype)
     out = np.empty(x.size, compute.dtype)  # the input's dtype (float32 or float64)
     count = 0
+    batch_mean = m2 = np.empty(0)
     if batch_stats:
         count, batch_mean, m2 = _reduce(  # noqa: F821
             x, origin, reduce_strides, x, origin, reduce_strides, reduce_shape, no_reference, no_mask, no_positions,
             reduce_work,
         )
         channel_math.forward_coefficients(batch_mean, m2, float(count), eps, weight, bias, saved, coefficients)
-        if update:
-            channel_math.update_running(running_mean, running_var, batch_mean, m2, float(count), factor)
     else:
         channel_math.forward_coefficients(running_mean, running_var, 1.0, eps, weight, bias, saved, coefficients)
     _normalize(x, x, out, out[:0], origin, strides, shape, position, coefficients, plain, no_mask, work)  # noqa: F821
+    if batch_stats and update:  # last: every allocation that could fail has been made
+        channel_math.update_running(running_mean, running_var, batch_mean, m2, float(count), factor)
     return out, count, saved
 
 
@@ -107,7 +108,8 @@ def _compiled(function, layout, **names):
     return njit(**_OPTIONS)(kernels._copy(function, namespace, f"{function.__name__}_{layout}"))
 
 
-#: layout -> (forward, backward), compiled on first use.
+#: layout -> (forward, backward), compiled on first use. A step changes no state until its last
+#: statement (the running buffers' update), after every allocation that could fail.
 _STEPS = {
     RUNS: (
         _compiled(_forward, RUNS, _reduce=kernels.reduce_runs_serial, _normalize=_normalize_runs),
@@ -133,7 +135,7 @@ class RepeatedCall:
 
     __slots__ = (
         "shape", "strides", "dtype", "channel_axis", "training", "track_running_stats", "save", "weight", "bias",
-        "running_mean", "running_var", "axis", "compute", "steps", "operands", "vectors",
+        "running_mean", "running_var", "axis", "compute", "layout", "operands", "vectors",
     )
 
     def __init__(self, module, x, axis, save):
@@ -153,7 +155,7 @@ class RepeatedCall:
 
         reduce_layout, reduce_shape, ((_, _, reduce_strides),), _ = kernel_operands(axis, [x])
         layout, shape, ((_, _, strides),), position = kernel_operands(axis, [x], memory_order=True)
-        self.steps = _STEPS[layout]
+        self.layout = layout
         self.operands = (
             reduce_shape, reduce_strides, _split(reduce_layout, x, reduce_shape), shape, strides, position,
             _row_blocks(x) if layout == ROWS else _elementwise_part(),
@@ -198,7 +200,9 @@ class RepeatedCall:
         flat = x.reshape(-1)
         flat.flags.writeable = False  # the kernels are compiled for read-only input
         batch_stats = self.training or not self.track_running_stats
-        y, count, saved_rows = self.steps[0](
+        # Everything that could fail before the step that updates the running buffers.
+        sample = fingerprint.record(x) if self.save else None
+        y, count, saved_rows = _STEPS[self.layout][0](
             flat, _CONSTANTS, *self.operands, self.shape[self.axis], batch_stats, float(module.eps), *self.vectors,
             update, factor, self.compute,
         )
@@ -206,9 +210,7 @@ class RepeatedCall:
         if self.save:
             if not batch_stats:
                 count = x.size // self.shape[self.axis]
-            saved = SavedForward(
-                x, self.axis, batch_stats, saved_rows[0], saved_rows[1], saved_rows[2], count, fingerprint.record(x)
-            )
+            saved = SavedForward(x, self.axis, batch_stats, saved_rows[0], saved_rows[1], saved_rows[2], count, sample)
         return y.reshape(self.shape), saved
 
     def takes_backward(self, saved, grad_output):
@@ -226,7 +228,7 @@ class RepeatedCall:
         x, dy = saved.x.reshape(-1), grad_output.reshape(-1)
         x.flags.writeable = False
         dy.flags.writeable = False
-        grad_input, sums = self.steps[1](
+        grad_input, sums = _STEPS[self.layout][1](
             x, dy, _CONSTANTS, *self.operands, saved.mean, saved.invstd, saved.weight, float(saved.count),
             kernels.ADD, self.compute,
         )
