@@ -76,12 +76,12 @@ def _forward(
             x, origin, reduce_strides, x, origin, reduce_strides, reduce_shape, no_reference, no_mask, no_positions,
             reduce_work,
         )
-        channel_math.forward_coefficients(batch_mean, m2, float(count), eps, weight, bias, saved, coefficients)
+        _forward_coefficients(batch_mean, m2, float(count), eps, weight, bias, saved, coefficients)  # noqa: F821
     else:
-        channel_math.forward_coefficients(running_mean, running_var, 1.0, eps, weight, bias, saved, coefficients)
+        _forward_coefficients(running_mean, running_var, 1.0, eps, weight, bias, saved, coefficients)  # noqa: F821
     _normalize(x, x, out, out[:0], origin, strides, shape, position, coefficients, plain, no_mask, work)  # noqa: F821
     if batch_stats and update:  # last: every allocation that could fail has been made
-        channel_math.update_running(running_mean, running_var, batch_mean, m2, float(count), factor)
+        _update_running(running_mean, running_var, batch_mean, m2, float(count), factor)  # noqa: F821
     return out, count, saved
 
 
@@ -97,13 +97,19 @@ def _backward(
     _, sum_dy, sum_dy_xmu = _reduce(  # noqa: F821
         x, origin, reduce_strides, dy, origin, reduce_strides, reduce_shape, mean, no_mask, no_positions, reduce_work,
     )
-    channel_math.backward_coefficients(sum_dy, sum_dy_xmu, mean, invstd, weight, count, sums, coefficients)
+    _backward_coefficients(sum_dy, sum_dy_xmu, mean, invstd, weight, count, sums, coefficients)  # noqa: F821
     out = np.empty(x.size, compute.dtype)  # the input's dtype (float32 or float64)
     _normalize(x, dy, out, out[:0], origin, strides, shape, position, coefficients, add, no_mask, work)  # noqa: F821
     return out, sums
 
 
 def _compiled(function, layout, **names):
+    """``function`` compiled for ``layout`` with its kernels bound (``names``), and the per-channel
+    steps of ``channel_math`` bound as they are now: what the step calls is fixed when it is made."""
+    names.update(
+        _forward_coefficients=channel_math.forward_coefficients, _update_running=channel_math.update_running,
+        _backward_coefficients=channel_math.backward_coefficients,
+    )
     namespace = dict(function.__globals__, **names)
     return njit(**_OPTIONS)(kernels._copy(function, namespace, f"{function.__name__}_{layout}"))
 
