@@ -201,9 +201,13 @@ def exercise_cuda_backend(rng):
     plain = nbn.BatchNorm1d(3, device="cuda")
     plain(flipped, flipped)
     plain.backward(flipped)
-    # SyncBatchNorm's backward path (the totals staged through the host), on a share and on an empty share,
-    # with one process's totals standing for the whole batch's.
-    from numba_bn.cuda.backend import CUDA
+    # SyncBatchNorm's paths: its forward normalises with statistics that arrive merged (the whole
+    # batch's; here this share's), its backward stages the totals through the host; on a share and on
+    # an empty share, with one process's totals standing for the whole batch's.
+    from numba_bn._backend import RunningUpdate
+    from numba_bn.cuda import backend as cuda_backend
+
+    backend = cuda_backend.CUDA
 
     def same_totals(sum_dy, sum_dy_xmu):
         return sum_dy, sum_dy_xmu
@@ -211,5 +215,13 @@ def exercise_cuda_backend(rng):
     for batch in (4, 0):
         bn = nbn.BatchNorm1d(3, device="cuda")
         share = cuda.to_device(rng.standard_normal((batch, 3, 5)).astype(np.float32))
+        merged = backend.batch_statistics(share, 1)
+        running = RunningUpdate(bn.running_mean, bn.running_var, bn.momentum)
+        backend.forward(share, 1, merged, bn.weight, bn.bias, bn.eps, running=running)
         bn(share)
-        CUDA.backward(bn._saved, share, np.dtype(np.float32), combine_totals=same_totals)
+        backend.backward(bn._saved, share, np.dtype(np.float32), combine_totals=same_totals)
+    # A training forward whose elementwise pass fails after the running buffers were blended puts them back.
+    bn = nbn.BatchNorm1d(3, device="cuda")
+    with mock.patch.object(cuda_backend, "normalize", side_effect=MemoryError("the elementwise pass failed")):
+        with contextlib.suppress(MemoryError):
+            bn(flipped)

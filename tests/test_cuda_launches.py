@@ -123,3 +123,26 @@ def test_every_kernel_fits_the_register_budget_at_the_largest_block(launches, tm
     _, registers, _, spills = output[1].split()
     assert int(registers) * MAX_THREADS <= 65536, registers
     assert int(spills) == 0
+
+
+@pytest.mark.parametrize("channel_axis", [1, -1])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_a_training_forward_is_three_launches(channel_axis, momentum):
+    """Statistics, then one per-channel kernel (merge, coefficients, running buffers), then the
+    normalisation: the module and the function alike."""
+    from numba import cuda
+
+    import numba_bn as nbn
+
+    shape = (4, 3, 5) if channel_axis == 1 else (4, 5, 3)
+    x = cuda.to_device(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    bn = nbn.BatchNorm1d(3, device="cuda", channel_axis=channel_axis, momentum=momentum)
+    mean, var = cuda.to_device(np.zeros(3, np.float32)), cuda.to_device(np.ones(3, np.float32))
+    with recorded_launches() as module_launches:
+        bn(x)
+    with recorded_launches() as function_launches:
+        nbn.batch_norm(x, mean, var, training=True, channel_axis=channel_axis)
+    layout = "runs" if channel_axis == 1 else "rows"
+    expected = [f"channel_stats_{layout}", "batch_coefficients", f"normalize_{layout}"]
+    assert [launch.kernel for launch in module_launches] == expected
+    assert [launch.kernel for launch in function_launches] == expected
