@@ -26,7 +26,7 @@ if CUDA_MISSING and "numba-cuda" in CUDA_MISSING:
 import numba_bn
 from cuda_launches import exercise_cuda_backend, marshalling_problems, recorded_launches, signature
 from cuda_support import SIMULATOR, needs_cuda
-from numba_bn.cuda.launch import MAX_THREADS
+from numba_bn.cuda.limits import MAX_THREADS
 
 pytestmark = [needs_cuda, pytest.mark.skipif(not SIMULATOR, reason="records launches in the CUDA simulator")]
 

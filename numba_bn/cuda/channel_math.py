@@ -17,7 +17,7 @@ launches to save, calls ``forward_coefficients`` and ``update_running``.
 import numpy as np
 
 from .. import _formulas
-from .numba_cuda import cuda
+from .numba_cuda import cuda, kernel
 
 formulas = _formulas.compiled_for(cuda.jit(device=True))
 
@@ -42,14 +42,14 @@ def _merged_parts(parts, c):
     return mu, q
 
 
-@cuda.jit
+@kernel
 def merge_stat_parts(parts, mean, m2):
     """Merge each channel's ``(3, C, parts)`` partial states, in part order, into float64 ``mean``, ``m2``."""
     for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
         mean[c], m2[c] = _merged_parts(parts, c)
 
 
-@cuda.jit
+@kernel
 def forward_coefficients(mean, spread, divisor, eps, weight, bias, residual_factor, saved, coefficients):
     """Coefficients of ``y = (x - shift) * scale + offset + residual_factor * residual`` and the vectors
     backward needs (``_formulas.forward_channel``)."""
@@ -58,7 +58,7 @@ def forward_coefficients(mean, spread, divisor, eps, weight, bias, residual_fact
         coefficients[3, c] = residual_factor
 
 
-@cuda.jit
+@kernel
 def batch_coefficients(
     parts, mean, m2, count, eps, weight, bias, residual_factor, running_mean, running_var, factor, previous, saved,
     coefficients,
@@ -91,7 +91,7 @@ def batch_coefficients(
             )
 
 
-@cuda.jit
+@kernel
 def restore_running(previous, running_mean, running_var):
     """Put back the running buffers' values from before ``batch_coefficients`` blended them: a later
     step of the same forward failed, and a call that raises changes nothing."""
@@ -100,7 +100,7 @@ def restore_running(previous, running_mean, running_var):
         running_var[c] = previous[1, c]
 
 
-@cuda.jit
+@kernel
 def backward_coefficients(part_dy, part_dy_xmu, mean, invstd, weight, count, sums, coefficients):
     """Coefficients of ``dx = (x - shift) * k_x + k_const + k_dy * dy`` and the weight and bias
     gradients, from the partial sums (``_formulas.backward_channel``)."""
@@ -109,14 +109,14 @@ def backward_coefficients(part_dy, part_dy_xmu, mean, invstd, weight, count, sum
         formulas.backward_channel(c, sum_dy, sum_dy_xmu, mean, invstd, weight, count, sums, coefficients)
 
 
-@cuda.jit
+@kernel
 def sum_parts(part_dy, part_dy_xmu, totals):
     """``totals`` rows receive each channel's ``sum(dy)`` and ``sum(dy * (x - mean))``, in part order."""
     for c in range(cuda.grid(1), part_dy.shape[0], cuda.gridsize(1)):
         totals[0, c], totals[1, c] = _sum_parts(part_dy, part_dy_xmu, c)
 
 
-@cuda.jit
+@kernel
 def weight_grads(part_dy, part_dy_xmu, invstd, sums):
     """``sums`` rows receive ``sum(dy * xhat)`` and ``sum(dy)`` (constant statistics)."""
     for c in range(cuda.grid(1), invstd.shape[0], cuda.gridsize(1)):
@@ -124,14 +124,14 @@ def weight_grads(part_dy, part_dy_xmu, invstd, sums):
         formulas.weight_grads_channel(c, sum_dy, sum_dy_xmu, invstd, sums)
 
 
-@cuda.jit
+@kernel
 def grad_scale(invstd, weight, k_dy):
     """``k_dy = invstd * weight``: the whole backward when the statistics were constants."""
     for c in range(cuda.grid(1), invstd.shape[0], cuda.gridsize(1)):
         k_dy[c] = invstd[c] * weight[c]
 
 
-@cuda.jit
+@kernel
 def mean_and_variance(mean, m2, count, out):
     """``out`` rows receive the mean and the biased variance ``m2 / count`` (its dtype)."""
     for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):

@@ -19,6 +19,7 @@ from .. import config
 from .._layout import ROWS, kernel_views
 from . import kernels
 from .arrays import device_array
+from .limits import check_threads
 from .numba_cuda import is_simulator, strided_view
 from .stream import current_stream
 
@@ -27,11 +28,6 @@ _MAX_GRID_Y = 65535
 _MAX_GRID_X = 2**31 - 1
 _DIMS = 5
 
-#: The largest block the kernels are launched with. A block's threads share
-#: the SM's 65,536 registers: at 1024 threads a kernel may use at most 64
-#: registers per thread, and the backward kernels use more on sm_90 (66-72),
-#: so their 1024-thread launches would fail. 512 threads leave 128 each.
-MAX_THREADS = 512
 
 
 def use_warp_shuffle():
@@ -40,12 +36,7 @@ def use_warp_shuffle():
 
 
 def threads_per_block():
-    threads = config.CUDA_THREADS
-    if not (isinstance(threads, int) and 32 <= threads <= MAX_THREADS and threads & (threads - 1) == 0):
-        raise ValueError(
-            f"expected config.CUDA_THREADS to be a power of two from 32 to {MAX_THREADS}, got {threads!r}"
-        )
-    return threads
+    return check_threads(config.CUDA_THREADS)
 
 
 # ---------------------------------------------------------------- views
