@@ -128,12 +128,29 @@ def geometry(layout, shape, reduction):
     return (parts, tiles), block, parts, (splits,)
 
 
+#: Sees every launch before it is queued (``set_launch_observer``); None almost always.
+_observer = None
+
+
+def set_launch_observer(observer):
+    """Have ``observer(kernel, block, args, shared_bytes)`` see every launch from now on (None: none);
+    a launch is queued only when it returns True. Returns the previous observer.
+
+    The CUDA report records what the backend launches this way (``launch_record``).
+    """
+    global _observer
+    previous, _observer = _observer, observer
+    return previous
+
+
 def launch(kernel, grid, block, args, shared_bytes=0):
     """Queue ``kernel`` on the current stream.
 
     Small grids are deliberate here (O(C) kernels, small inputs), so numba's
     low-occupancy performance warning is silenced for these launches only.
     """
+    if _observer is not None and not _observer(kernel, block, args, shared_bytes):
+        return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
         kernel[grid, block, current_stream(), shared_bytes](*args)

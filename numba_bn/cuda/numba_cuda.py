@@ -10,7 +10,7 @@ from numba import config as _numba_config
 from numpy.lib.stride_tricks import as_strided
 
 #: How to get the CUDA compiler; it is an optional dependency.
-INSTALL_HINT = "pip install 'numba_bn[cuda]' (the numba-cuda package)"
+INSTALL_HINT = "pip install 'numba_bn[cuda]' (the numba-cuda package, numba-cuda[cu12])"
 
 try:
     # numba-cuda installs itself as numba.cuda; without it an older numba
