@@ -1,14 +1,14 @@
 """The backend protocol: what a device offers the modules and the functional API.
 
 A backend owns one kind of array (NumPy on ``"cpu"``, ``numba.cuda`` device
-arrays on ``"cuda"``) and implements batch normalisation on it in four steps
+arrays on ``"cuda"``) and implements batch normalisation on it in three steps
 with the same signatures and result types on every device:
 
 1. ``batch_statistics(x, channel_axis)`` -> :class:`BatchStatistics`
-2. ``forward(x, channel_axis, statistics, weight, bias, eps)`` -> ``(y, SavedForward)``,
-   normalising with a :class:`BatchStatistics` or a :class:`RunningStatistics`
-3. ``update_running(running_mean, running_var, statistics, factor)``, in place
-4. ``backward(saved, grad_output, weight_grad_dtype, combine_totals)`` -> :class:`Gradients`
+2. ``forward(x, channel_axis, statistics, weight, bias, eps, running=...)`` -> ``(y, SavedForward)``,
+   normalising with a :class:`BatchStatistics` or a :class:`RunningStatistics`, and
+   blending the batch's statistics into the running buffers of a :class:`RunningUpdate`
+3. ``backward(saved, grad_output, weight_grad_dtype, combine_totals)`` -> :class:`Gradients`
 
 plus the array handling around them: recognising and checking its arrays,
 moving values between the host and the device, filling. The API layer
@@ -37,11 +37,29 @@ DEVICES = ("cpu", "cuda")
 
 
 class BatchStatistics(NamedTuple):
-    """Per-channel statistics of a batch, as float64 ``(C,)`` arrays of the backend's device."""
+    """Per-channel statistics of a batch, as float64 ``(C,)`` arrays of the backend's device.
+
+    ``batch_statistics(x, axis, merge=False)`` may instead return the
+    reduction's per-part ``(count, mean, M2)`` states, unmerged, in ``parts``
+    (``mean`` and ``m2`` are then None): the backend's ``forward`` merges them
+    in the kernel that also computes the coefficients, which saves a launch on
+    the GPU. Such statistics live in the stream's staging buffer: hand them to
+    ``forward`` before the next reduction on that stream.
+    """
 
     count: int  # values per channel
     mean: Any  # NaN when count == 0
     m2: Any  # sum of squared deviations from the mean
+    parts: Any = None  # (3, C, parts) float64 states merged in part order, or None when merged
+
+
+class RunningUpdate(NamedTuple):
+    """Running buffers for a training forward to update in place: ``(1 - factor) * running + factor * batch``,
+    with the batch's unbiased variance."""
+
+    mean: Any
+    var: Any
+    factor: float  # the momentum, or 1 / num_batches_tracked for a cumulative average
 
 
 class RunningStatistics(NamedTuple):
@@ -130,15 +148,20 @@ class Backend(Protocol):
         """Whether ``a`` and ``b`` may share memory (an output written over an input)."""
 
     # --------------------------------------------------------- the steps
-    def batch_statistics(self, x: Array, channel_axis: int) -> BatchStatistics:
-        """Per-channel count, mean and M2 of ``x`` (Welford/Chan, float64)."""
+    def batch_statistics(self, x: Array, channel_axis: int, merge: bool = True) -> BatchStatistics:
+        """Per-channel count, mean and M2 of ``x`` (Welford/Chan, float64); with ``merge=False`` the
+        backend may leave the merge to ``forward`` (see :class:`BatchStatistics`)."""
 
     def forward(
         self, x: Array, channel_axis: int, statistics: BatchStatistics | RunningStatistics,
         weight: Optional[Array], bias: Optional[Array], eps: float, save: bool = True, out: Optional[Array] = None,
-        residual: Optional[Array] = None, relu: bool = False,
+        residual: Optional[Array] = None, relu: bool = False, running: Optional[RunningUpdate] = None,
     ) -> tuple[Array, Optional[SavedForward]]:
         """``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel, and what backward needs.
+
+        With ``running`` (batch statistics of a non-empty batch only) the
+        running buffers are blended with the batch's mean and unbiased
+        variance as well; if the call raises they keep their values.
 
         With a ``residual`` (``x``'s shape and dtype, any strides) ``y`` is
         ``bn(x) + residual``, and with ``relu`` it is clamped at 0, in the
@@ -147,11 +170,6 @@ class Backend(Protocol):
         dtype, writeable; any strides, ``x`` or ``residual`` itself
         included), else a new C-contiguous array.
         """
-
-    def update_running(
-        self, running_mean: Array, running_var: Array, statistics: BatchStatistics, factor: float
-    ) -> None:
-        """Blend the batch mean and unbiased variance into the buffers, in place."""
 
     def check_input_unchanged(self, saved: SavedForward) -> None:
         """ValueError when the forward's input was visibly modified since (where the device can tell cheaply)."""

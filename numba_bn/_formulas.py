@@ -99,29 +99,42 @@ def forward_channel(c, mean, spread, divisor, eps, weight, bias, saved, coeffici
     """Channel ``c`` of the forward's coefficients, and float64 copies for backward.
 
     The variance is ``spread[c] / divisor`` (M2 and the count, or a running
-    variance and 1); ``mean``, ``spread``, ``weight`` and ``bias`` may have
-    any float dtype, and a zero-length ``weight`` or ``bias`` is absent.
-    ``saved`` rows receive the mean, the inverse standard deviation and the
-    weight (1 when absent); ``coefficients`` rows receive shift (the mean
-    rounded to the compute dtype of ``coefficients``), scale and offset.
+    variance and 1); ``mean`` and ``spread`` may have any float dtype. See
+    :func:`normalizing_channel`.
     """
-    mu = np.float64(mean[c])
-    invstd = inverse_std(np.float64(spread[c]) / divisor, eps)
+    normalizing_channel(c, np.float64(mean[c]), np.float64(spread[c]) / divisor, eps, weight, bias, saved, coefficients)
+
+
+def normalizing_channel(c, mean, variance, eps, weight, bias, saved, coefficients):
+    """Channel ``c`` of the forward's coefficients from its float64 ``mean`` and ``variance``.
+
+    ``weight`` and ``bias`` may have any float dtype, and a zero-length one
+    is absent. ``saved`` rows receive the mean, the inverse standard
+    deviation and the weight (1 when absent); ``coefficients`` rows receive
+    shift (the mean rounded to the compute dtype of ``coefficients``), scale
+    and offset.
+    """
+    invstd = inverse_std(variance, eps)
     w = np.float64(weight[c]) if weight.shape[0] else 1.0
     b = np.float64(bias[c]) if bias.shape[0] else 0.0
-    coefficients[0, c] = mu  # rounded to the compute dtype on store
-    scale, offset = scale_and_offset(mu, np.float64(coefficients[0, c]), invstd, w, b)
+    coefficients[0, c] = mean  # rounded to the compute dtype on store
+    scale, offset = scale_and_offset(mean, np.float64(coefficients[0, c]), invstd, w, b)
     coefficients[1, c] = scale
     coefficients[2, c] = offset
-    saved[0, c] = mu
+    saved[0, c] = mean
     saved[1, c] = invstd
     saved[2, c] = w
 
 
 def update_running_channel(c, running_mean, running_var, mean, m2, count, factor):
     """Blend channel ``c``'s batch mean and unbiased variance into the running buffers (any float dtype)."""
-    running_mean[c] = blend(np.float64(running_mean[c]), mean[c], factor)
-    running_var[c] = blend(np.float64(running_var[c]), unbiased_variance(m2[c], count), factor)
+    blend_running_channel(c, running_mean, running_var, mean[c], unbiased_variance(m2[c], count), factor)
+
+
+def blend_running_channel(c, running_mean, running_var, mean, unbiased_var, factor):
+    """Blend a batch's float64 ``mean`` and ``unbiased_var`` into channel ``c`` of the running buffers."""
+    running_mean[c] = blend(np.float64(running_mean[c]), mean, factor)
+    running_var[c] = blend(np.float64(running_var[c]), unbiased_var, factor)
 
 
 def backward_channel(c, sum_dy, sum_dy_xmu, mean, invstd, weight, count, sums, coefficients):
@@ -158,7 +171,8 @@ def mean_and_variance_channel(c, mean, m2, count, out):
 
 _FORMULAS = (
     inverse_std, scale_and_offset, blend, unbiased_variance, shifted_sums_state, chan_merge, grad_coefficients,
-    forward_channel, update_running_channel, backward_channel, weight_grads_channel, mean_and_variance_channel,
+    normalizing_channel, forward_channel, blend_running_channel, update_running_channel, backward_channel,
+    weight_grads_channel, mean_and_variance_channel,
 )
 
 

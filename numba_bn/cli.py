@@ -21,6 +21,10 @@ Sub-commands:
 ``bench-sync``
     Time a SyncBatchNorm training step against the same step without
     communication, under ``mpiexec`` (needs the ``mpi`` extra).
+``cuda-report``
+    Compile every CUDA kernel variant the backend launches for a GPU
+    architecture, without a GPU, and show its registers, spills, shared
+    memory, block and theoretical occupancy (needs the ``cuda`` extra).
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from ._precompile import DTYPES as PRECOMPILE_DTYPES
 from ._precompile import LAYOUTS as PRECOMPILE_LAYOUTS
 from ._precompile import RANKS as PRECOMPILE_RANKS
 
-COMMANDS = ("bench", "info", "startup", "precompile", "bench-dask", "bench-sync")
+COMMANDS = ("bench", "info", "startup", "precompile", "bench-dask", "bench-sync", "cuda-report")
 LAYOUT_CHOICES = ("both",) + bench_cases.LAYOUTS
 #: Seconds of samples per implementation and case: default, and with --quick.
 BUDGET, QUICK_BUDGET = 0.25, 0.05
@@ -142,6 +146,27 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _arch_argument(text: str) -> str:
+    from .cuda.occupancy import arch_limits
+
+    try:
+        arch_limits(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _block_threads_argument(text: str) -> int:
+    from .cuda.limits import MAX_THREADS, check_threads
+
+    try:
+        return check_threads(int(text), "--threads")
+    except ValueError:  # not an integer, or not a block size the kernels are built for
+        raise argparse.ArgumentTypeError(
+            f"expected a power of two from 32 to {MAX_THREADS}, got {text!r}"
+        ) from None
+
+
 def _output_path(suffix: str | None):
     def check(text: str) -> str:
         folder = os.path.dirname(os.path.abspath(text))
@@ -170,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"numba_bn {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{bench,info,startup,precompile,bench-dask,bench-sync}")
+    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
 
     bench = commands.add_parser(
         "bench", help="time numba_bn against its peers (default)",
@@ -265,6 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
                             help="kernel threads per process (default 1)")
     bench_sync.add_argument("--json", type=_output_path(".json"), default=None, metavar="FILE",
                             help="also write the results as JSON")
+    from .cuda.occupancy import ARCHITECTURES
+
+    cuda_report = commands.add_parser(
+        "cuda-report", help="registers, spills, shared memory and occupancy of every CUDA kernel (no GPU needed)",
+        description="Compile every CUDA kernel variant the backend launches (each kernel for each argument "
+                    "signature: dtypes, layouts, fused passes) to PTX with NVVM and to a cubin with ptxas, "
+                    "without a GPU, and print one row per variant: registers per thread, spill stores and "
+                    "loads, shared memory (static + the dynamic shared memory of the launch), the block the "
+                    "backend launches with and the theoretical occupancy at that block on the architecture. "
+                    "Needs the cuda extra (numba-cuda with NVVM and ptxas); takes about a minute.",
+    )
+    cuda_report.add_argument("--arch", type=_arch_argument, default="sm_90", metavar="ARCH",
+                             help=f"GPU architecture: one of {', '.join(ARCHITECTURES)} (default sm_90)")
+    cuda_report.add_argument("--threads", type=_block_threads_argument, default=None, metavar="N",
+                             help="threads per block (default numba_bn.config.CUDA_THREADS, what the backend "
+                                  "launches with)")
+    cuda_report.add_argument("--json", type=_output_path(None), default=None, metavar="FILE",
+                             help="also write the rows as JSON")
     return parser
 
 
@@ -555,6 +598,26 @@ def run_bench_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_cuda_report(args: argparse.Namespace) -> int:
+    """The ``cuda-report`` command; returns the exit status."""
+    import json
+
+    from .cuda.report import CudaToolchainError, cuda_report, format_table
+
+    try:
+        rows = cuda_report(args.arch, args.threads, progress=True)
+    except CudaToolchainError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(rows, handle, indent=2)
+            handle.write("\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cache_directory() -> str:
     import numba
 
@@ -574,8 +637,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     -------
     int
         The exit status: 0 on success, 1 when the run cannot proceed (no CUDA
-        for ``--device cuda``), 130 when interrupted. Bad arguments exit with
-        status 2 and the usage, through argparse.
+        for ``--device cuda``, no CUDA compiler for ``cuda-report``), 130 when
+        interrupted. Bad arguments exit with status 2 and the usage, through
+        argparse.
     """
     parser = build_parser()
     args = parser.parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
@@ -590,6 +654,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_bench_dask(args)
         if args.command == "bench-sync":
             return run_bench_sync(args)
+        if args.command == "cuda-report":
+            return run_cuda_report(args)
         return run_bench(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

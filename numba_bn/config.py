@@ -43,7 +43,7 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # Launch geometry of the CUDA kernels (read at every call, so tests can use
 # tiny blocks that still span several blocks per channel).
 
-#: Threads per block: a power of two from 32 to 1024.
+#: Threads per block: a power of two from 32 to 512 (``numba_bn.cuda.limits.MAX_THREADS``).
 CUDA_THREADS = 256
 
 #: Blocks a reduction aims to launch in all, summed over channels: several

@@ -8,7 +8,7 @@ keeps any state: the caller owns the parameters and running buffers.
 
 from __future__ import annotations
 
-from ._backend import RunningStatistics, backend_of
+from ._backend import RunningStatistics, RunningUpdate, backend_of
 from ._dtypes import compute_dtype
 from ._typing import Array
 from ._validation import (
@@ -226,8 +226,7 @@ def batch_norm(
         statistics = RunningStatistics(running_mean, running_var)
         return owner.forward(x, axis, statistics, weight, bias, eps, **fused)[0]
     check_values_per_channel(x, axis)
-    statistics = owner.batch_statistics(x, axis)
-    y, _ = owner.forward(x, axis, statistics, weight, bias, eps, **fused)
-    if running_mean is not None:
-        owner.update_running(running_mean, running_var, statistics, momentum)
+    statistics = owner.batch_statistics(x, axis, merge=False)
+    running = None if running_mean is None else RunningUpdate(running_mean, running_var, momentum)
+    y, _ = owner.forward(x, axis, statistics, weight, bias, eps, running=running, **fused)
     return y

@@ -16,7 +16,7 @@ from typing import Any, Mapping, TypeVar
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._backend import RunningStatistics, SavedForward, backend
+from ._backend import RunningStatistics, RunningUpdate, SavedForward, backend
 from ._grad_mode import is_grad_enabled
 from ._stats import ChannelStats
 from ._state import COUNTER_KEY, IncompatibleKeys, read_state
@@ -209,14 +209,16 @@ class _BatchNorm:
         backend = self._backend
         x, axis, statistics, out, residual = self._normalizing_statistics(x, out, residual)
         overwrites_input = out is not None and backend.shares_memory(out, x)  # then no backward can read it
-        y, saved = backend.forward(
-            x, axis, statistics, self.weight, self.bias, self.eps, save=save and not overwrites_input, out=out,
-            residual=residual, relu=self.activation == "relu",
-        )
+        running = None
         if self.training and self.track_running_stats:
             count = self.num_batches_tracked + 1  # type: ignore[operator]  # an int while tracking
             factor = 1.0 / count if self.momentum is None else self.momentum
-            backend.update_running(self.running_mean, self.running_var, statistics, factor)
+            running = RunningUpdate(self.running_mean, self.running_var, factor)
+        y, saved = backend.forward(
+            x, axis, statistics, self.weight, self.bias, self.eps, save=save and not overwrites_input, out=out,
+            residual=residual, relu=self.activation == "relu", running=running,
+        )
+        if running is not None:
             self.num_batches_tracked = count
         # State changes only once every step has succeeded.
         if not save:
@@ -257,7 +259,7 @@ class _BatchNorm:
         x, axis, out, residual = self._checked_forward_input(x, out, residual)
         if self.training or not self.track_running_stats:
             check_values_per_channel(x, axis)
-            return x, axis, self._backend.batch_statistics(x, axis), out, residual
+            return x, axis, self._backend.batch_statistics(x, axis, merge=False), out, residual
         return x, axis, RunningStatistics(self.running_mean, self.running_var), out, residual
 
     def backward(self, grad_output: Array) -> Array | tuple[Array, Array]:

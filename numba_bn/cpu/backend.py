@@ -247,7 +247,8 @@ class CpuBackend:
 
     # --------------------------------------------------------- the steps
 
-    def batch_statistics(self, x, channel_axis):
+    def batch_statistics(self, x, channel_axis, merge=True):
+        # Always merged: the reduction merges its parts in the same compiled call.
         if x.size == 0:
             nan = np.full(x.shape[channel_axis], np.nan)
             return BatchStatistics(0, nan, nan.copy())
@@ -256,7 +257,16 @@ class CpuBackend:
     def shares_memory(self, a, b):
         return _shares_memory(a, b)
 
-    def forward(self, x, channel_axis, statistics, weight, bias, eps, save=True, out=None, residual=None, relu=False):
+    def forward(
+        self, x, channel_axis, statistics, weight, bias, eps, save=True, out=None, residual=None, relu=False,
+        running=None,
+    ):
+        y, saved = self._normalized(x, channel_axis, statistics, weight, bias, eps, save, out, residual, relu)
+        if running is not None:  # last: a step that raised before leaves the buffers as they were
+            self.update_running(running.mean, running.var, statistics, running.factor)
+        return y, saved
+
+    def _normalized(self, x, channel_axis, statistics, weight, bias, eps, save, out, residual, relu):
         channels = x.shape[channel_axis]
         terms = normalizing_terms(x, channel_axis, statistics)
         # The float64 rows are snapshots for backward: the caller may change the originals.
@@ -285,6 +295,7 @@ class CpuBackend:
         return out, saved
 
     def update_running(self, running_mean, running_var, statistics, factor):
+        """Blend the batch mean and unbiased variance into the buffers, in place (also ``numba_bn.dask``'s step)."""
         # Overflow to inf in a float32 buffer is the honest result for data beyond ~1e19.
         if statistics.count == 0:
             return

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .._backend import BatchStatistics, Gradients, SavedForward, normalizing_terms
+from .._backend import BatchStatistics, Gradients, RunningStatistics, SavedForward, normalizing_terms
 from .._dtypes import compute_dtype
 from .._layout import ROWS
 from .._validation import check_vector_fields
@@ -23,16 +23,22 @@ from .arrays import as_device_array, copy_from_host, device_array, overlap, to_d
 from .launch import device_views, geometry, launch, launch_per_channel, use_warp_shuffle
 from .scratch import scratch_array
 
-#: A missing weight or bias, per dtype, for the per-channel kernels (every
-#: kernel argument must be an array or a number on a real GPU, never None).
+#: Empty arrays by (rank, dtype): a missing weight, bias, mask or second
+#: output for the kernels (every kernel argument must be an array or a number
+#: on a real GPU, never None).
 _absent = {}
 
 
-def _absent_vector(dtype):
-    array = _absent.get(dtype)
+def _empty(ndim, dtype):
+    key = (ndim, np.dtype(dtype))
+    array = _absent.get(key)
     if array is None:
-        array = _absent[dtype] = device_array(0, dtype)
+        array = _absent[key] = device_array((0,) * ndim, dtype)
     return array
+
+
+def _absent_vector(dtype):
+    return _empty(1, dtype)
 
 
 def _vector_or_absent(vector):
@@ -44,12 +50,8 @@ def _no_mask():
 
 
 def _no_second_output(dtype):
-    """An empty 5-D array: a pass without a second output (every kernel argument must be an array)."""
-    key = ("5-D", np.dtype(dtype))
-    array = _absent.get(key)
-    if array is None:
-        array = _absent[key] = device_array((0, 0, 0, 0, 0), dtype)
-    return array
+    """An empty 5-D array: a pass without a second output."""
+    return _empty(5, dtype)
 
 
 def relu_mask(size):
@@ -66,19 +68,26 @@ def _channels_of(layout, view):
 # ---------------------------------------------------- whole-array passes
 
 
-def channel_stats(x, channel_axis):
-    """``(count, mean, m2)`` per channel: count an int, mean and M2 float64 device arrays."""
+def channel_stat_parts(x, channel_axis):
+    """``(count, parts)``: the values per channel, and float64 ``(3, C, parts)`` per-block
+    ``(count, mean, M2)`` states in the stream's staging buffer, to be merged in part order."""
     layout, (xv,), _ = device_views(channel_axis, [x])
     grid, block, parts, extra = geometry(layout, xv.shape, reduction=True)
     channels = _channels_of(layout, xv)
-    states = scratch_array("states", (3, channels, parts))  # per-block count, mean, M2
+    states = scratch_array("states", (3, channels, parts))
     kernel = kernels.channel_stats_rows if layout == ROWS else kernels.channel_stats_runs
     shared_bytes = 3 * block[0] * block[1] * 8
     args = (xv, xv, _absent_vector(np.float64), _no_mask(), states, use_warp_shuffle(), *extra)
     launch(kernel, grid, block, args, shared_bytes)
-    mean, m2 = device_array((2, channels), np.float64)  # one allocation, two rows
-    launch_per_channel(channel_math.merge_stat_parts, channels, states[0], states[1], states[2], mean, m2)
-    return x.size // channels, mean, m2
+    return x.size // channels, states
+
+
+def channel_stats(x, channel_axis):
+    """``(count, mean, m2)`` per channel: count an int, mean and M2 float64 device arrays."""
+    count, parts = channel_stat_parts(x, channel_axis)
+    mean, m2 = device_array((2, parts.shape[1]), np.float64)  # one allocation, two rows
+    launch_per_channel(channel_math.merge_stat_parts, parts.shape[1], parts, mean, m2)
+    return count, mean, m2
 
 
 def normalize(x, channel_axis, coefficients, out=None, residual=None, relu=False, mask=None):
@@ -174,6 +183,54 @@ def grad_input(x, grad_output, channel_axis, coefficients, mask=None, grad_resid
     return dx, passed
 
 
+def _batch_coefficients(statistics, eps, weight, bias, residual_factor, running, saved_vectors, coefficients):
+    """Launch ``channel_math.batch_coefficients`` for batch ``statistics`` (merged, or parts to merge).
+
+    Returns what puts the running buffers of ``running`` back as they were
+    (None when they were not touched).
+    """
+    channels = coefficients.shape[1]
+    no_vector = _absent_vector(np.float64)
+    if statistics.parts is not None:
+        parts, mean, m2 = statistics.parts, no_vector, no_vector
+    else:  # merged already: SyncBatchNorm's statistics of the whole batch, or an empty batch's NaN
+        parts, mean, m2 = _empty(3, np.float64), statistics.mean, statistics.m2
+    # NaN, never a division by zero, for an empty batch (the simulator divides in Python).
+    count = float(statistics.count) if statistics.count else math.nan
+    updating = running is not None and statistics.count > 0
+    running_mean, running_var = (running.mean, running.var) if updating else (no_vector, no_vector)
+    previous = scratch_array("running_before", (2, channels)) if updating else _empty(2, np.float64)
+    launch_per_channel(
+        channel_math.batch_coefficients, channels, parts, mean, m2, count, float(eps),
+        _vector_or_absent(weight), _vector_or_absent(bias), residual_factor, running_mean, running_var,
+        float(running.factor) if updating else 0.0, previous, saved_vectors, coefficients,
+    )
+    if not updating:
+        return None
+
+    def restore():
+        # A later launch of the forward failed, or the user interrupted it: the call raises, so the
+        # buffers keep their values (stream order puts this after the blend). A failure here as well
+        # (a broken CUDA context) must not hide the error that the caller needs to see.
+        try:
+            launch_per_channel(channel_math.restore_running, channels, previous, running_mean, running_var)
+        except Exception:
+            pass
+
+    return restore
+
+
+def _normalized(x, channel_axis, coefficients, out, residual, relu, mask):
+    """The forward's elementwise pass with the coefficients already computed: ``out``, or a new array."""
+    if x.size == 0:
+        return device_array(x.shape, x.dtype) if out is None else out
+    apart = out is None or (overlap(out, x) != "partial" and (residual is None or overlap(out, residual) != "partial"))
+    if apart:
+        return normalize(x, channel_axis, coefficients, out, residual, relu, mask)
+    # out overlaps an input in another layout: normalise into a new array, then copy it over.
+    return _copied(normalize(x, channel_axis, coefficients, None, residual, relu, mask), channel_axis, out)
+
+
 # --------------------------------------------------------------- backend
 
 
@@ -209,53 +266,55 @@ class CudaBackend:
 
     # --------------------------------------------------------- the steps
 
-    def batch_statistics(self, x, channel_axis):
+    def batch_statistics(self, x, channel_axis, merge=True):
         if x.size == 0:
             nan = np.full((2, x.shape[channel_axis]), np.nan)
             mean, m2 = to_device(nan)
             return BatchStatistics(0, mean, m2)
+        if not merge:  # forward merges the parts in its per-channel kernel: one launch fewer
+            count, parts = channel_stat_parts(x, channel_axis)
+            return BatchStatistics(count, None, None, parts)
         return BatchStatistics(*channel_stats(x, channel_axis))
 
     def shares_memory(self, a, b):
         return overlap(a, b) != "none"
 
-    def forward(self, x, channel_axis, statistics, weight, bias, eps, save=True, out=None, residual=None, relu=False):
+    def forward(
+        self, x, channel_axis, statistics, weight, bias, eps, save=True, out=None, residual=None, relu=False,
+        running=None,
+    ):
         channels = x.shape[channel_axis]
-        terms = normalizing_terms(x, channel_axis, statistics)
-        # Saved for backward: one allocation; the coefficients only feed this call's kernel.
+        # Saved for backward: one allocation; the coefficients only feed this call's kernels.
         saved_vectors = device_array((3, channels), np.float64)
         coefficients = scratch_array("forward", (4, channels), compute_dtype(x))  # the fourth row: residual's factor
-        launch_per_channel(
-            channel_math.forward_coefficients, channels, terms.mean, terms.spread, terms.divisor, float(eps),
-            _vector_or_absent(weight), _vector_or_absent(bias), saved_vectors, coefficients,
-        )
-        if residual is not None:
-            copy_from_host(coefficients[3], np.ones(channels, coefficients.dtype))
+        residual_factor = 0.0 if residual is None else 1.0
+        # Zeroed before any buffer changes: nothing to undo if this launch fails.
         mask = relu_mask(x.size) if relu and save else None
-        saved = None
-        if save:
-            saved_mean, invstd, saved_weight = saved_vectors
-            saved = SavedForward(
-                x, channel_axis, terms.batch_stats, saved_mean, invstd, saved_weight, terms.count, None,
-                mask, residual is not None,
+        if isinstance(statistics, RunningStatistics):
+            terms = normalizing_terms(x, channel_axis, statistics)
+            launch_per_channel(
+                channel_math.forward_coefficients, channels, terms.mean, terms.spread, terms.divisor, float(eps),
+                _vector_or_absent(weight), _vector_or_absent(bias), residual_factor, saved_vectors, coefficients,
             )
-        if x.size == 0:
-            return (device_array(x.shape, x.dtype) if out is None else out), saved
-        apart = out is None or (
-            overlap(out, x) != "partial" and (residual is None or overlap(out, residual) != "partial")
-        )
-        if apart:
-            return normalize(x, channel_axis, coefficients, out, residual, relu, mask), saved
-        # out overlaps an input in another layout: normalise into a new array, then copy it over.
-        return _copied(normalize(x, channel_axis, coefficients, None, residual, relu, mask), channel_axis, out), saved
-
-    def update_running(self, running_mean, running_var, statistics, factor):
-        if statistics.count == 0:
-            return
-        launch_per_channel(
-            channel_math.update_running, statistics.mean.shape[0], running_mean, running_var,
-            statistics.mean, statistics.m2, float(statistics.count), float(factor),
-        )
+            count, batch_stats, restore = terms.count, False, None
+        else:
+            count, batch_stats = statistics.count, True
+            restore = _batch_coefficients(
+                statistics, eps, weight, bias, residual_factor, running, saved_vectors, coefficients
+            )
+        try:
+            saved = None
+            if save:
+                saved_mean, invstd, saved_weight = saved_vectors
+                saved = SavedForward(
+                    x, channel_axis, batch_stats, saved_mean, invstd, saved_weight, count, None,
+                    mask, residual is not None,
+                )
+            return _normalized(x, channel_axis, coefficients, out, residual, relu, mask), saved
+        except BaseException:  # an interrupt too: the running buffers must not keep this call's blend
+            if restore is not None:
+                restore()
+            raise
 
     def check_input_unchanged(self, saved):
         """Nothing to check: reading back a sample of device memory would wait for the GPU."""

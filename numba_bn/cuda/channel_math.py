@@ -7,11 +7,17 @@ runs them in small kernels with one thread per channel, under the names
 waits for the host. All arithmetic is float64. An absent weight or bias is a
 zero-length array: every argument is an array or a number, as the launcher
 requires on a real GPU. Partial sums from several blocks per channel arrive
-as ``(C, parts)`` arrays and are summed in part order here.
+as ``(C, parts)`` arrays, partial statistics as ``(3, C, parts)`` states,
+and are combined in part order here. A training forward's per-channel work
+is one kernel, ``batch_coefficients`` (merge, coefficients, running
+buffers), where the CPU, which merges inside its reduction and has no
+launches to save, calls ``forward_coefficients`` and ``update_running``.
 """
 
+import numpy as np
+
 from .. import _formulas
-from .numba_cuda import cuda
+from .numba_cuda import cuda, kernel
 
 formulas = _formulas.compiled_for(cuda.jit(device=True))
 
@@ -27,34 +33,74 @@ def _sum_parts(part_dy, part_dy_xmu, c):
     return sum_dy, sum_dy_xmu
 
 
-@cuda.jit
-def merge_stat_parts(part_count, part_mean, part_m2, mean, m2):
-    """Merge each channel's ``(channel, part)`` partial states, in part order, into float64 ``mean``, ``m2``."""
-    C, parts = part_mean.shape
-    for c in range(cuda.grid(1), C, cuda.gridsize(1)):
-        count, mu, q = 0.0, 0.0, 0.0
-        for k in range(parts):
-            count, mu, q = formulas.chan_merge(count, mu, q, part_count[c, k], part_mean[c, k], part_m2[c, k])
-        mean[c] = mu
-        m2[c] = q
+@cuda.jit(device=True)
+def _merged_parts(parts, c):
+    """Channel ``c``'s ``(mean, M2)``: its ``parts[:, c, k]`` states ``(count, mean, M2)`` merged in part order."""
+    count, mu, q = 0.0, 0.0, 0.0
+    for k in range(parts.shape[2]):
+        count, mu, q = formulas.chan_merge(count, mu, q, parts[0, c, k], parts[1, c, k], parts[2, c, k])
+    return mu, q
 
 
-@cuda.jit
-def forward_coefficients(mean, spread, divisor, eps, weight, bias, saved, coefficients):
-    """Coefficients of ``y = (x - shift) * scale + offset`` and the vectors backward needs
-    (``_formulas.forward_channel``)."""
+@kernel
+def merge_stat_parts(parts, mean, m2):
+    """Merge each channel's ``(3, C, parts)`` partial states, in part order, into float64 ``mean``, ``m2``."""
+    for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
+        mean[c], m2[c] = _merged_parts(parts, c)
+
+
+@kernel
+def forward_coefficients(mean, spread, divisor, eps, weight, bias, residual_factor, saved, coefficients):
+    """Coefficients of ``y = (x - shift) * scale + offset + residual_factor * residual`` and the vectors
+    backward needs (``_formulas.forward_channel``)."""
     for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
         formulas.forward_channel(c, mean, spread, divisor, eps, weight, bias, saved, coefficients)
+        coefficients[3, c] = residual_factor
 
 
-@cuda.jit
-def update_running(running_mean, running_var, mean, m2, count, factor):
-    """Blend the batch mean and unbiased variance into the running buffers, in place."""
-    for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
-        formulas.update_running_channel(c, running_mean, running_var, mean, m2, count, factor)
+@kernel
+def batch_coefficients(
+    parts, mean, m2, count, eps, weight, bias, residual_factor, running_mean, running_var, factor, previous, saved,
+    coefficients,
+):
+    """A training forward's whole per-channel step, in one launch.
+
+    The batch's mean and M2 come from ``parts``, the statistics kernel's
+    ``(3, C, parts)`` per-block ``(count, mean, M2)`` states merged here in
+    part order (Chan's formula), or from ``mean`` and ``m2`` when ``parts``
+    has no part (statistics merged elsewhere, e.g. across processes).
+    ``count`` is the batch's values per channel (NaN for an empty batch).
+    Writes ``forward_coefficients``' coefficients and saved vectors, and,
+    unless ``running_mean`` is empty, blends the batch's mean and unbiased
+    variance into the running buffers (``factor``: the momentum or the
+    cumulative average's 1 / batches), keeping their previous values in
+    ``previous`` rows for :func:`restore_running`.
+    """
+    for c in range(cuda.grid(1), coefficients.shape[1], cuda.gridsize(1)):
+        if parts.shape[2] > 0:
+            mu, q = _merged_parts(parts, c)
+        else:
+            mu, q = np.float64(mean[c]), np.float64(m2[c])
+        formulas.normalizing_channel(c, mu, q / count, eps, weight, bias, saved, coefficients)
+        coefficients[3, c] = residual_factor
+        if running_mean.shape[0]:
+            previous[0, c] = running_mean[c]
+            previous[1, c] = running_var[c]
+            formulas.blend_running_channel(
+                c, running_mean, running_var, mu, formulas.unbiased_variance(q, count), factor
+            )
 
 
-@cuda.jit
+@kernel
+def restore_running(previous, running_mean, running_var):
+    """Put back the running buffers' values from before ``batch_coefficients`` blended them: a later
+    step of the same forward failed, and a call that raises changes nothing."""
+    for c in range(cuda.grid(1), running_mean.shape[0], cuda.gridsize(1)):
+        running_mean[c] = previous[0, c]
+        running_var[c] = previous[1, c]
+
+
+@kernel
 def backward_coefficients(part_dy, part_dy_xmu, mean, invstd, weight, count, sums, coefficients):
     """Coefficients of ``dx = (x - shift) * k_x + k_const + k_dy * dy`` and the weight and bias
     gradients, from the partial sums (``_formulas.backward_channel``)."""
@@ -63,14 +109,14 @@ def backward_coefficients(part_dy, part_dy_xmu, mean, invstd, weight, count, sum
         formulas.backward_channel(c, sum_dy, sum_dy_xmu, mean, invstd, weight, count, sums, coefficients)
 
 
-@cuda.jit
+@kernel
 def sum_parts(part_dy, part_dy_xmu, totals):
     """``totals`` rows receive each channel's ``sum(dy)`` and ``sum(dy * (x - mean))``, in part order."""
     for c in range(cuda.grid(1), part_dy.shape[0], cuda.gridsize(1)):
         totals[0, c], totals[1, c] = _sum_parts(part_dy, part_dy_xmu, c)
 
 
-@cuda.jit
+@kernel
 def weight_grads(part_dy, part_dy_xmu, invstd, sums):
     """``sums`` rows receive ``sum(dy * xhat)`` and ``sum(dy)`` (constant statistics)."""
     for c in range(cuda.grid(1), invstd.shape[0], cuda.gridsize(1)):
@@ -78,14 +124,14 @@ def weight_grads(part_dy, part_dy_xmu, invstd, sums):
         formulas.weight_grads_channel(c, sum_dy, sum_dy_xmu, invstd, sums)
 
 
-@cuda.jit
+@kernel
 def grad_scale(invstd, weight, k_dy):
     """``k_dy = invstd * weight``: the whole backward when the statistics were constants."""
     for c in range(cuda.grid(1), invstd.shape[0], cuda.gridsize(1)):
         k_dy[c] = invstd[c] * weight[c]
 
 
-@cuda.jit
+@kernel
 def mean_and_variance(mean, m2, count, out):
     """``out`` rows receive the mean and the biased variance ``m2 / count`` (its dtype)."""
     for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):

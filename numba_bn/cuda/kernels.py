@@ -29,7 +29,7 @@ import numpy as np
 from numba import float64
 
 from .channel_math import formulas
-from .numba_cuda import cuda
+from .numba_cuda import cuda, kernel
 
 _FULL_MASK = 0xFFFFFFFF
 _WARP = 32
@@ -133,6 +133,19 @@ def _block_ids():
     )
 
 
+@cuda.jit(device=True)
+def _unsigned(i0, i1, i2, i3, i4):
+    """A 5-D index as unsigned integers, for indexing.
+
+    Indices here are never negative, but numba adds Python's wrap-around
+    (``-1`` is the last element) to every signed index: a compare and an
+    add per axis, with each array's shape kept live. Unsigned indices skip
+    it; on sm_90 that is what lets the channels-first passes fit the launch
+    bounds' 64 registers without spilling.
+    """
+    return np.uint64(i0), np.uint64(i1), np.uint64(i2), np.uint64(i3), np.uint64(i4)
+
+
 # ------------------------------------------------------------- merging
 
 
@@ -207,7 +220,7 @@ def _specialise(name, template, device=False, **bound):
     copy.__qualname__ = name
     copy.__doc__ = template.__doc__
     copy.__module__ = template.__module__
-    return cuda.jit(device=True)(copy) if device else cuda.jit(copy)
+    return cuda.jit(device=True)(copy) if device else kernel(copy)
 
 
 #: Chan's merge of ``(count, mean, M2)`` states over a block.
@@ -228,9 +241,9 @@ _sum_block = _specialise("_sum_block", _block_tree, device=True, _pair=_add)
 # Elementwise passes bind ``_value(x, dy, k0, k1, k2, k3, mode, mask, position)``
 # -> ``(value, passed)`` with the channel's four coefficients (``dy`` is ``x``
 # again for one-input passes: reading it costs nothing when unused, the
-# compiler drops the load), and ``_keep(out, out2, i0, i1, i2, i3, i4, mask,
-# mode, position, passed)``, which may record a ReLU's bit or write ``passed``
-# to a second output after ``out`` was written.
+# compiler drops the load), and ``_keep(out, out2, at, mask, mode, position,
+# passed)`` (``at``: the element's index), which may record a ReLU's bit or
+# write ``passed`` to a second output after ``out`` was written.
 #
 # A fused ReLU's mask has one bit per value (uint32 words): the bit of the
 # value at view index ``i`` is its position in the view's C order, which
@@ -252,9 +265,8 @@ def _reduce_runs(x, dy, reference, mask, parts, shuffle, splits):
             m, stop = seg * span + m0, min(M, seg * span + span)
             while m < stop:
                 position = (((c * A + a) * B + b) * D + d) * M + m
-                count, k, first, second = _accumulate(
-                    count, k, first, second, x[c, a, b, d, m], dy[c, a, b, d, m], mask, position
-                )
+                at = _unsigned(c, a, b, d, m)
+                count, k, first, second = _accumulate(count, k, first, second, x[at], dy[at], mask, position)
                 m += lanes
             unit += step
             a, b, d, seg = _carry(a, b, d, seg + step, B, D, splits)
@@ -278,9 +290,8 @@ def _reduce_rows(x, dy, reference, mask, parts, shuffle):
             k = _start(reference, c)
             a, b, d, r = _locate_row(row, B, D, R)
             while row < rows:
-                count, k, first, second = _accumulate(
-                    count, k, first, second, x[a, b, d, r, c], dy[a, b, d, r, c], mask, row * C + c
-                )
+                at = _unsigned(a, b, d, r, c)
+                count, k, first, second = _accumulate(count, k, first, second, x[at], dy[at], mask, row * C + c)
                 row += step
                 a, b, d, r = _carry(a, b, d, r + step, B, D, R)
         results = _combine(shared, tx, ty, TX, TY, count, k, first, second, shuffle)
@@ -303,10 +314,9 @@ def _elementwise_runs(x, dy, out, out2, k, mask, mode, splits):
             m, stop = seg * span + m0, min(M, seg * span + span)
             while m < stop:
                 position = (((c * A + a) * B + b) * D + d) * M + m
-                out[c, a, b, d, m], passed = _value(
-                    x[c, a, b, d, m], dy[c, a, b, d, m], k0, k1, k2, k3, mode, mask, position
-                )
-                _keep(out, out2, c, a, b, d, m, mask, mode, position, passed)
+                at = _unsigned(c, a, b, d, m)
+                out[at], passed = _value(x[at], dy[at], k0, k1, k2, k3, mode, mask, position)
+                _keep(out, out2, at, mask, mode, position, passed)
                 m += lanes
             unit += step
             a, b, d, seg = _carry(a, b, d, seg + step, B, D, splits)
@@ -326,10 +336,9 @@ def _elementwise_rows(x, dy, out, out2, k, mask, mode):
             a, b, d, r = _locate_row(row, B, D, R)
             while row < rows:
                 position = row * C + c
-                out[a, b, d, r, c], passed = _value(
-                    x[a, b, d, r, c], dy[a, b, d, r, c], k0, k1, k2, k3, mode, mask, position
-                )
-                _keep(out, out2, a, b, d, r, c, mask, mode, position, passed)
+                at = _unsigned(a, b, d, r, c)
+                out[at], passed = _value(x[at], dy[at], k0, k1, k2, k3, mode, mask, position)
+                _keep(out, out2, at, mask, mode, position, passed)
                 row += step
                 a, b, d, r = _carry(a, b, d, r + step, B, D, R)
         tile += tiles
@@ -426,33 +435,33 @@ def _gated_input_gradient(x, dy, shift, k_x, k_const, k_dy, mode, mask, position
 
 
 @cuda.jit(device=True)
-def _nothing_kept(out, out2, i0, i1, i2, i3, i4, mask, mode, position, passed):
+def _nothing_kept(out, out2, at, mask, mode, position, passed):
     pass
 
 
 @cuda.jit(device=True)
-def _record_positive(out, out2, i0, i1, i2, i3, i4, mask, mode, position, passed):
+def _record_positive(out, out2, at, mask, mode, position, passed):
     """A fused ReLU's mask bit: set where the stored result is not <= 0 (positive, or NaN: PyTorch's
     ReLU passes the gradient there), in the output's own dtype; the mask starts at zero."""
-    if mode & RELU and mask.size > 0 and not out[i0, i1, i2, i3, i4] <= 0:
+    if mode & RELU and mask.size > 0 and not out[at] <= 0:
         cuda.atomic.or_(mask, position >> 5, np.uint32(1) << np.uint32(position & 31))
 
 
 @cuda.jit(device=True)
-def _write_passed(out, out2, i0, i1, i2, i3, i4, mask, mode, position, passed):
+def _write_passed(out, out2, at, mask, mode, position, passed):
     """The residual's gradient: the ``dy`` that passed the ReLU, when ``out2`` is not empty."""
     if out2.size > 0:
-        out2[i0, i1, i2, i3, i4] = passed
+        out2[at] = passed
 
 
-@cuda.jit
+@kernel
 def fill_zero(words):
     """Set every element of the 1-D ``words`` to 0 (a ReLU mask before a forward records it)."""
     for i in range(cuda.grid(1), words.size, cuda.gridsize(1)):
         words[i] = 0
 
 
-@cuda.jit
+@kernel
 def copy_5d(source, target):
     """``target[...] = source`` for 5-D views of any strides (the negative-stride fallback)."""
     start = np.int64(cuda.grid(1))
@@ -463,7 +472,8 @@ def copy_5d(source, target):
         rest = start // U
         u = start - rest * U
         p, q, s, t = _locate_row(rest, Q, S, T)
-        target[p, q, s, t, u] = source[p, q, s, t, u]
+        at = _unsigned(p, q, s, t, u)
+        target[at] = source[at]
         start += step
 
 

@@ -19,6 +19,7 @@ from .. import config
 from .._layout import ROWS, kernel_views
 from . import kernels
 from .arrays import device_array
+from .limits import check_threads
 from .numba_cuda import is_simulator, strided_view
 from .stream import current_stream
 
@@ -27,11 +28,6 @@ _MAX_GRID_Y = 65535
 _MAX_GRID_X = 2**31 - 1
 _DIMS = 5
 
-#: The largest block the kernels are launched with. A block's threads share
-#: the SM's 65,536 registers: at 1024 threads a kernel may use at most 64
-#: registers per thread, and the backward kernels use more on sm_90 (66-72),
-#: so their 1024-thread launches would fail. 512 threads leave 128 each.
-MAX_THREADS = 512
 
 
 def use_warp_shuffle():
@@ -40,12 +36,7 @@ def use_warp_shuffle():
 
 
 def threads_per_block():
-    threads = config.CUDA_THREADS
-    if not (isinstance(threads, int) and 32 <= threads <= MAX_THREADS and threads & (threads - 1) == 0):
-        raise ValueError(
-            f"expected config.CUDA_THREADS to be a power of two from 32 to {MAX_THREADS}, got {threads!r}"
-        )
-    return threads
+    return check_threads(config.CUDA_THREADS)
 
 
 # ---------------------------------------------------------------- views
@@ -137,12 +128,29 @@ def geometry(layout, shape, reduction):
     return (parts, tiles), block, parts, (splits,)
 
 
+#: Sees every launch before it is queued (``set_launch_observer``); None almost always.
+_observer = None
+
+
+def set_launch_observer(observer):
+    """Have ``observer(kernel, block, args, shared_bytes)`` see every launch from now on (None: none);
+    a launch is queued only when it returns True. Returns the previous observer.
+
+    The CUDA report records what the backend launches this way (``launch_record``).
+    """
+    global _observer
+    previous, _observer = _observer, observer
+    return previous
+
+
 def launch(kernel, grid, block, args, shared_bytes=0):
     """Queue ``kernel`` on the current stream.
 
     Small grids are deliberate here (O(C) kernels, small inputs), so numba's
     low-occupancy performance warning is silenced for these launches only.
     """
+    if _observer is not None and not _observer(kernel, block, args, shared_bytes):
+        return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
         kernel[grid, block, current_stream(), shared_bytes](*args)
