@@ -8,7 +8,8 @@ program is likely to meet, so that later processes load the kernels from the
 cache. It runs each module operation (training and evaluation forwards,
 their backward passes, with and without affine parameters) on small inputs,
 once below and once above ``config.SERIAL_BELOW`` values, so that both the
-serial and the thread-pool drivers of every kernel are compiled.
+serial and the thread-pool drivers of every kernel are compiled; with
+``fused=True`` also the fused ReLU and residual passes (``activation="relu"``).
 """
 
 from __future__ import annotations
@@ -54,28 +55,36 @@ def _module_class(rank):
     return {2: BatchNorm1d, 3: BatchNorm1d, 4: BatchNorm2d, 5: BatchNorm3d}[rank]
 
 
-def _shape(rank, channel_axis, values):
-    """A shape of ``rank`` with ``_CHANNELS`` channels on ``channel_axis`` and at least ``values`` values."""
+def _shape(rank, channel_axis, channels, values):
+    """A shape of ``rank`` with ``channels`` on ``channel_axis`` and at least ``values`` values."""
     shape = [2] * rank
-    shape[channel_axis] = _CHANNELS
-    per_batch = _CHANNELS * 2 ** (rank - 2)
+    shape[channel_axis] = channels
+    per_batch = channels * 2 ** (rank - 2)
     shape[0] = max(2, -(-values // per_batch))
     return tuple(shape)
 
 
-def _exercise(dtype, layout, rank):
+def _exercise(dtype, layout, rank, fused):
     """Every module operation, serial and parallel, for one dtype, layout and rank."""
     channel_axis = _CHANNEL_AXES[layout]
     module_dtype = np.float32 if dtype == np.float16 else dtype
     rng = np.random.default_rng(0)
-    for values in (2 * _CHANNELS, config.SERIAL_BELOW):  # the serial driver, then the thread pool's
-        x = rng.standard_normal(_shape(rank, channel_axis, values)).astype(dtype)
+    # The serial drivers, then the thread pool's, with enough channels for the backward a channel at a time.
+    large = max(config.SERIAL_BELOW, config.BACKWARD_BY_CHANNEL * config.BACKWARD_BY_CHANNEL_VALUES)
+    for channels, values in ((_CHANNELS, 2 * _CHANNELS), (config.BACKWARD_BY_CHANNEL, large)):
+        x = rng.standard_normal(_shape(rank, channel_axis, channels, values)).astype(dtype)
         for affine in (True, False):
-            bn = _module_class(rank)(_CHANNELS, affine=affine, dtype=module_dtype, channel_axis=channel_axis)
+            bn = _module_class(rank)(channels, affine=affine, dtype=module_dtype, channel_axis=channel_axis)
             for training in (True, False):
                 bn.train(training)
                 for _ in range(2):  # the second call repeats the first: small ones run in one compiled step
                     bn.backward(bn(x))
+        if fused:
+            bn = _module_class(rank)(channels, dtype=module_dtype, channel_axis=channel_axis, activation="relu")
+            for training in (True, False):
+                bn.train(training)
+                bn.backward(bn(x))
+                bn.backward(bn(x, x))  # BN + add + ReLU
 
 
 def precompile(
@@ -83,6 +92,7 @@ def precompile(
     layouts: str | Sequence[str] = LAYOUTS,
     ranks: int | Sequence[int] = RANKS,
     *,
+    fused: bool = False,
     progress: bool | Callable[[int, int, str], None] = False,
 ) -> dict[str, float]:
     """Compile the CPU kernels for the given dtypes, layouts and ranks ahead of their first use.
@@ -105,6 +115,10 @@ def precompile(
         Input ranks (``BatchNorm1d`` takes 2 and 3, ``BatchNorm2d`` 4,
         ``BatchNorm3d`` 5). The kernels are the same for every rank; the
         ranks decide which input shapes are exercised.
+    fused : bool, default False
+        Also compile the fused passes of ``activation="relu"`` modules
+        (BN + ReLU and BN + add + ReLU, forward and backward): as many
+        seconds again per dtype and layout, for programs that use them.
     progress : bool or callable, default False
         True draws a progress bar on stderr; a callable is called as
         ``progress(done, total, label)`` before each step and at the end.
@@ -141,7 +155,7 @@ def precompile(
             label = f"{dtype} {layout} {rank}D"
             report(done, label)
             start = time.perf_counter()
-            _exercise(np.dtype(dtype), layout, rank)
+            _exercise(np.dtype(dtype), layout, rank, fused)
             seconds[label] = time.perf_counter() - start
     report(len(combinations), "done")
     return seconds

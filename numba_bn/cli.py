@@ -220,9 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cpu (default) or cuda (numba_bn device='cuda' vs PyTorch CUDA, CUDA events)")
     bench.add_argument("--layout", choices=LAYOUT_CHOICES, default="both",
                        help="memory layout of 3+-dimensional shapes (default both)")
-    bench.add_argument("--operations", type=_choices_argument(bench_cases.OPERATIONS), default=bench_cases.OPERATIONS,
-                       metavar="OP[,OP...]",
-                       help=f"subset of {','.join(bench_cases.OPERATIONS)} (default all)")
+    bench.add_argument("--operations", type=_choices_argument(bench_cases.ALL_OPERATIONS),
+                       default=bench_cases.OPERATIONS, metavar="OP[,OP...]",
+                       help=f"subset of {','.join(bench_cases.ALL_OPERATIONS)} (default "
+                            f"{','.join(bench_cases.OPERATIONS)}; the others run on the CPU: fused "
+                            "BN+add+ReLU and out=)")
     bench.add_argument("--peers", type=_choices_argument(PEERS), default=None, metavar="PEER[,PEER...]",
                        help=f"the peers to time numba_bn against, a subset of {','.join(PEERS)} (default: "
                             "every one installed for the device; cuda has torch only)")
@@ -259,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     precompile.add_argument("--ranks", type=_choices_argument(PRECOMPILE_RANKS, int), default=PRECOMPILE_RANKS,
                             metavar="RANK[,RANK...]",
                             help=f"subset of {','.join(map(str, PRECOMPILE_RANKS))} (default all)")
+    precompile.add_argument("--fused", action="store_true",
+                            help="also the fused BN+ReLU and BN+add+ReLU passes (activation='relu')")
     precompile.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     bench_dask = commands.add_parser(
         "bench-dask", help="time numba_bn.dask.channel_stats against dask.array (needs the dask extra)",
@@ -415,6 +419,10 @@ def run_bench(args: argparse.Namespace) -> int:
         if absent:
             parser.error(f"--peers: {','.join(absent)} has no {args.device} implementation; expected a subset "
                          f"of {','.join(name for name in PEERS if name in IMPLEMENTATIONS[args.device])}")
+    unsupported = [op for op in args.operations if not IMPLEMENTATIONS[args.device][OURS].supports(op)]
+    if unsupported:
+        parser.error(f"--operations: {','.join(unsupported)} runs on the CPU only; with --device "
+                     f"{args.device} expected a subset of {','.join(bench_cases.OPERATIONS)}")
     if args.plot and _plot_support_missing():
         parser.error("--plot needs matplotlib, which is not installed: pip install matplotlib "
                      "(or pip install 'numba_bn[plot]')")
@@ -549,7 +557,7 @@ def run_precompile(args: argparse.Namespace) -> int:
     """The ``precompile`` command; returns the exit status."""
     from . import precompile
 
-    seconds = precompile(args.dtypes, args.layouts, args.ranks, progress=not args.no_progress)
+    seconds = precompile(args.dtypes, args.layouts, args.ranks, fused=args.fused, progress=not args.no_progress)
     total = sum(seconds.values())
     print(f"compiled numba_bn's CPU kernels for {len(seconds)} dtype/layout/rank combinations in {total:.1f} s; "
           f"cached in {_cache_directory()}")

@@ -10,10 +10,11 @@ import numba
 import numpy as np
 import pytest
 
+import numba_bn as nbn
 from numba_bn import config
-from numba_bn.cpu import backend as cpu_backend
+from numba_bn.cpu import backend as cpu_backend, channel_math
 
-from reference import ref_batch_stats
+from reference import ref_backward_train, ref_batch_stats
 
 # (shape, channel_axis): packed rows with C that divides the tile or not, and
 # channels-first runs whose length does and does not divide the work unit.
@@ -147,3 +148,72 @@ def test_strides_that_are_not_whole_elements():
     ones = np.ones(3, np.float32)
     identity = np.stack([0 * ones, ones, 0 * ones, 0 * ones])
     np.testing.assert_array_equal(cpu_backend.normalize(x, 1, identity), values)
+
+
+def _two_pass_backward(x, dy, axis, mean, invstd, weight, count):
+    """The training backward as two whole-array passes and the per-channel step between them."""
+    channels = x.shape[axis]
+    sum_dy, sum_dy_xmu = cpu_backend.grad_sums(x, dy, axis, mean)
+    sums = np.empty((2, channels))
+    coefficients = np.empty((4, channels), np.float64 if x.dtype == np.float64 else np.float32)
+    channel_math.backward_coefficients(sum_dy, sum_dy_xmu, mean, invstd, weight, float(count), sums, coefficients)
+    return cpu_backend.grad_input(x, dy, axis, coefficients)[0], sums, coefficients
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape, channel_axis", CASES[-3:], ids=str)  # channels-last, then runs
+def test_backward_by_channel(shape, channel_axis, layout, dtype, monkeypatch):
+    """A channel at a time: the same bits for any thread count, the two passes' results to rounding,
+    and no such path for channels-last data."""
+    monkeypatch.setattr(config, "RUN_CHUNK", 37)  # several units per channel, summed in order
+    monkeypatch.setattr(config, "SERIAL_BELOW", 0)
+    monkeypatch.setattr(config, "BACKWARD_BY_CHANNEL", 1)
+    monkeypatch.setattr(config, "BACKWARD_BY_CHANNEL_VALUES", 1)
+    x = make_input(shape, layout, dtype)
+    axis = channel_axis % x.ndim
+    dy = np.flip(x, axis=0)
+    count, mean, _ = cpu_backend.channel_stats(x, axis)
+    rng = np.random.default_rng(2)
+    invstd = rng.random(x.shape[axis]) + 0.5
+    weight = rng.standard_normal(x.shape[axis]).astype(np.float64 if dtype == np.float64 else np.float32)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_thread = cpu_backend.backward_by_channel(x, dy, axis, mean, invstd, weight, count)
+    finally:
+        numba.set_num_threads(threads)
+    all_threads = cpu_backend.backward_by_channel(x, dy, axis, mean, invstd, weight, count)
+    if x.ndim == 2 or axis == x.ndim - 1:  # channels vary fastest: rows, never this path
+        assert one_thread is None and all_threads is None
+        return
+    expected = _two_pass_backward(x, dy, axis, mean, invstd, weight, count)
+    for a, b, e, what in zip(one_thread, all_threads, expected, ("grad_input", "sums", "coefficients")):
+        np.testing.assert_array_equal(a, b, err_msg=what)
+        assert a.dtype == e.dtype and a.shape == e.shape and a.flags.c_contiguous, what
+        tolerance = {
+            "grad_input": {np.float16: 2e-3, np.float32: 1e-6, np.float64: 1e-12}[dtype],
+            "sums": 1e-12,
+            "coefficients": 1e-12 if dtype == np.float64 else 1e-6,
+        }[what]
+        scale = np.abs(e.astype(np.float64)).max()
+        np.testing.assert_allclose(a.astype(np.float64), e, rtol=tolerance, atol=tolerance * scale, err_msg=what)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_module_backward_by_channel_matches_reference(dtype):
+    """A channels-first batch large enough for the by-channel backward, through the module."""
+    shape = (3, config.BACKWARD_BY_CHANNEL, 64, 86)  # just above the values per channel it needs
+    assert np.prod(shape) >= max(config.SERIAL_BELOW, shape[1] * config.BACKWARD_BY_CHANNEL_VALUES)
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 2 + 7).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    bn = nbn.BatchNorm2d(shape[1], dtype=dtype)
+    bn.weight[...] = rng.standard_normal(shape[1])
+    bn(x)
+    grad = bn.backward(dy)
+    expected, grad_weight, grad_bias = ref_backward_train(x, dy, bn.weight, bn.eps, 1)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(grad, expected, rtol=tolerance, atol=tolerance * np.abs(expected).max())
+    np.testing.assert_allclose(bn.grad_weight, grad_weight, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(bn.grad_bias, grad_bias, rtol=tolerance, atol=tolerance)

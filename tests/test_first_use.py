@@ -72,6 +72,23 @@ def test_after_precompile_first_calls_in_a_new_process_compile_nothing():
     assert "numba_bn: compiling" not in completed.stderr
 
 
+def test_after_fused_precompile_fused_first_calls_compile_nothing():
+    nbn.precompile(dtypes="float32", layouts="channels_first", ranks=4, fused=True)
+    completed = run_python(COUNT_COMPILATIONS + """
+    rng = np.random.default_rng(0)
+    for shape in [(2, 8, 3, 3), (64, 8, 8, 8), (16, 40, 8, 8)]:
+        bn = nbn.BatchNorm2d(shape[1], activation="relu")
+        x = rng.standard_normal(shape, dtype=np.float32)
+        for training in (True, False):
+            bn.train(training)
+            bn.backward(bn(x))
+            bn.backward(bn(x, x))
+    print("compiled:", compiled)
+    """)
+    assert completed.returncode == 0, completed.stderr
+    assert "compiled: []" in completed.stdout, completed.stdout
+
+
 def test_precompile_reports_each_combination_and_rejects_unknown_choices():
     seconds = nbn.precompile(dtypes=["float32"], layouts="channels_last", ranks=[3, 2])
     assert list(seconds) == ["float32 channels_last 3D", "float32 channels_last 2D"]

@@ -207,6 +207,38 @@ def grad_input(x, grad_output, channel_axis, coefficients, mask=kernels.NO_MASK,
     return _elementwise(x, grad_output, channel_axis, coefficients, mode, out2=out2, mask=mask), passed
 
 
+@serialize_unless_thread_safe
+def backward_by_channel(x, grad_output, channel_axis, mean, invstd, weight, count):
+    """The training backward a channel at a time (``kernels.backward_runs``), where it pays:
+    ``(grad_input, sums, coefficients)`` as ``grad_sums``, ``channel_math.backward_coefficients`` and
+    ``grad_input`` give them (equal to rounding: the sums' vector loops differ); None for
+    channels-last data (its channels share every row), small inputs (which must match their
+    one-step lane, ``small_calls``, bit for bit), and fewer than ``config.BACKWARD_BY_CHANNEL``
+    channels or ``config.BACKWARD_BY_CHANNEL_VALUES`` values per channel (where it does not pay).
+    The choice depends on the shape alone, so results never depend on the thread count.
+    """
+    channels = x.shape[channel_axis]
+    if (
+        x.size < config.SERIAL_BELOW or channels < config.BACKWARD_BY_CHANNEL
+        or x.size < channels * config.BACKWARD_BY_CHANNEL_VALUES
+    ):
+        return None
+    dtype = compute_dtype(x)
+    x = _kernel_array(x)
+    out = np.empty(x.shape, _output_dtype(x))
+    layout, shape, operands, _ = kernel_operands(channel_axis, [x, _kernel_array(grad_output)], [_kernel_array(out)])
+    if layout != RUNS:
+        return None
+    (xb, xo, xs), (gb, go, gs), (ob, oo, os) = operands
+    sums = np.empty((2, channels))
+    coefficients = np.empty((4, channels), dtype)
+    kernels.backward_runs(
+        xb, xo, xs, gb, go, gs, ob, oo, os, shape, mean, invstd, weight, float(count), config.RUN_CHUNK,
+        sums, coefficients,
+    )
+    return out, sums, coefficients
+
+
 # --------------------------------------------------------------- backend
 
 
@@ -333,7 +365,12 @@ class CpuBackend:
         dtype = compute_dtype(x)
         sums = None  # rows: sum(dy * xhat), sum(dy)
         passed = None  # dy where the ReLU let it through
-        if saved.batch_stats:
+        by_channel = None
+        if saved.batch_stats and x.size and combine_totals is None and not mask.size:
+            by_channel = backward_by_channel(x, grad_output, axis, saved.mean, saved.invstd, saved.weight, saved.count)
+        if by_channel is not None:
+            grad_in, sums, _ = by_channel
+        elif saved.batch_stats:
             if x.size:
                 sum_dy, sum_dy_xmu = grad_sums(x, grad_output, axis, saved.mean, mask)
             else:  # an empty share of a batch spread over processes
