@@ -194,8 +194,9 @@ class Backend(Protocol):
 
     def repeated_call(self, module: Any, x: Array, channel_axis: int, save: bool) -> Any:
         """After a plain forward of ``module`` on ``x`` succeeded: an object whose ``repeats(module, x,
-        save)`` tells in O(1) whether a later forward is the same call again, and then runs it (and its
-        backward) in fewer steps with the same results; None where the device has no such shortcut.
+        save)`` tells in O(1) whether a later forward is the same call again (and ``takes_out(out, x)``
+        whether it can write to that call's ``out``), and then runs it (and its backward) in fewer steps
+        with the same results; None where the device has no such shortcut.
         See ``numba_bn/cpu/small_calls.py``."""
 
     def mean_and_variance(self, statistics: BatchStatistics, dtype: np.dtype) -> tuple[Array, Array]:

@@ -204,8 +204,11 @@ class _BatchNorm:
         """
         save = is_grad_enabled()
         repeated = self._repeated
-        if repeated is not None and residual is None and out is None and repeated.repeats(self, x, save):
-            return self._repeat_forward(repeated, x, save)
+        if (
+            repeated is not None and residual is None and repeated.repeats(self, x, save)
+            and (out is None or repeated.takes_out(out, x))
+        ):
+            return self._repeat_forward(repeated, x, save, out)
         backend = self._backend
         x, axis, statistics, out, residual = self._normalizing_statistics(x, out, residual)
         overwrites_input = out is not None and backend.shares_memory(out, x)  # then no backward can read it
@@ -226,19 +229,23 @@ class _BatchNorm:
         else:
             self._saved = _INPUT_OVERWRITTEN if overwrites_input else saved
         self._repeated = None
-        if self._repeats_small_calls and residual is None and out is None:
+        if self._repeats_small_calls and residual is None:
             self._repeated = backend.repeated_call(self, x, axis, save)
         return y
 
-    def _repeat_forward(self, repeated, x, save):
-        """``forward(x)`` in the repeated call's one compiled step: the same results and state changes."""
+    def _repeat_forward(self, repeated, x, save, out):
+        """``forward(x, out=out)`` in the repeated call's one compiled step: the same results and state changes."""
         updates = self.training and self.track_running_stats
         count = self.num_batches_tracked + 1 if updates else 0  # type: ignore[operator]  # an int while tracking
         factor = (1.0 / count if self.momentum is None else self.momentum) if updates else 0.0
-        y, saved = repeated.forward(self, x, updates, float(factor))
+        overwrites_input = out is x  # then no backward can read it
+        y, saved = repeated.forward(self, x, updates, float(factor), out, keep=not overwrites_input)
         if updates:
             self.num_batches_tracked = count
-        self._saved = saved if save else _NOT_KEPT
+        if not save:
+            self._saved = _NOT_KEPT
+        else:
+            self._saved = _INPUT_OVERWRITTEN if overwrites_input else saved
         return y
 
     def _checked_forward_input(self, x, out, residual):

@@ -22,9 +22,9 @@ def lane_calls(monkeypatch):
     calls = {"forward": 0, "backward": 0}
     forward, backward = small_calls.RepeatedCall.forward, small_calls.RepeatedCall.backward
 
-    def counted_forward(self, *args):
+    def counted_forward(self, *args, **kwargs):
         calls["forward"] += 1
-        return forward(self, *args)
+        return forward(self, *args, **kwargs)
 
     def counted_backward(self, *args):
         calls["backward"] += 1
@@ -97,6 +97,72 @@ def test_repeated_calls_match_the_general_path_bitwise(cls, shape, channel_axis,
     # backwards take it only after batch statistics (without tracking).
     tracking = options.get("track_running_stats", True)
     assert lane_calls == {"forward": 3, "backward": 3 if tracking else 5}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls, shape, channel_axis", [CASES[0], CASES[2]], ids=lambda v: getattr(v, "__name__", str(v)))
+def test_out_in_the_lane_matches_the_general_path(cls, shape, channel_axis, dtype, lane_calls):
+    lane, general = _twins(cls, shape[channel_axis], dtype=dtype, channel_axis=channel_axis)
+    rng = np.random.default_rng(4)
+    out_lane, out_general = np.empty(shape, dtype), np.empty(shape, dtype)
+    for step in range(3):
+        x = rng.normal(0.5, 2.0, shape).astype(dtype)
+        dy = rng.normal(0.0, 1.0, shape).astype(dtype)
+        assert lane(x, out=out_lane) is out_lane
+        general(x, out=out_general)
+        np.testing.assert_array_equal(out_lane, out_general)
+        np.testing.assert_array_equal(lane.backward(dy), general.backward(dy))
+        _assert_same_state(lane, general)
+    lane.eval()
+    general.eval()
+    with nbn.no_grad():
+        for step in range(2):
+            x = rng.normal(0.5, 2.0, shape).astype(dtype)
+            assert lane(x, out=out_lane) is out_lane
+            np.testing.assert_array_equal(out_lane, general(x, out=out_general))
+    assert lane_calls == {"forward": 3, "backward": 3}
+
+
+def test_out_in_place_in_the_lane(lane_calls):
+    lane, general = _twins(nbn.BatchNorm2d, 3)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(4, 3, 5, 5)).astype(np.float32)
+    lane(x)
+    general(x)
+    a, b = x.copy(), x.copy()
+    assert lane(a, out=a) is a  # in place: the statistics are read before the values are overwritten
+    general(b, out=b)
+    np.testing.assert_array_equal(a, b)
+    _assert_same_state(lane, general)
+    assert lane_calls["forward"] == 1
+    for module in (lane, general):
+        with pytest.raises(ValueError, match="over its input"):
+            module.backward(np.ones_like(x))
+
+
+def test_out_that_the_lane_does_not_take(lane_calls):
+    lane, general = _twins(nbn.BatchNorm1d, 8)
+    values = np.random.default_rng(6).normal(size=(16, 8)).astype(np.float32)
+    memory = np.zeros(values.size + 1, np.float32)
+    x = memory[: values.size].reshape(values.shape)
+    x[...] = values
+    lane(x)
+    general(values)
+    for out in (
+        memory[1:].reshape(values.shape),  # overlapping the input
+        np.empty(values.shape[::-1], np.float32).T,  # not C-contiguous
+    ):
+        x[...] = values
+        assert lane(x, out=out) is out
+        np.testing.assert_array_equal(out, general(values))
+        _assert_same_state(lane, general)
+    x[...] = values
+    before = lane.state_dict()
+    with pytest.raises(TypeError, match="float64"):
+        lane(x, out=np.empty(values.shape, np.float64))
+    for key, value in lane.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    assert lane_calls["forward"] == 0
 
 
 def test_the_lane_needs_a_repeated_call(lane_calls):

@@ -12,7 +12,9 @@ work split, as the general path, so the results are bit-identical to it.
 
 Only the plain case takes this lane: a C-contiguous NumPy input of float32 or
 float64 below ``config.SERIAL_BELOW`` values, parameters and buffers in the
-input's dtype, no residual, activation or ``out``. Anything else, or
+input's dtype, no residual or activation, and either no ``out`` or a
+writeable C-contiguous one like the input, apart from it or the input itself.
+Anything else, or
 anything that differs from the last call, goes the general way (which checks
 it, raises the errors, and makes the next lane).
 """
@@ -57,18 +59,18 @@ def _normalize_rows(x, dy, out, none, origin, strides, shape, position, coeffici
 
 
 def _forward(
-    x, constants, reduce_shape, reduce_strides, reduce_work, shape, strides, position, work,
+    x, target, constants, reduce_shape, reduce_strides, reduce_work, shape, strides, position, work,
     channels, batch_stats, eps, weight, bias, running_mean, running_var, update, factor, compute,
 ):
     """The whole forward: with ``batch_stats`` the batch's statistics, and with ``update`` the
     running buffers' update by ``factor``; else the running buffers normalise. Returns ``(y, count, saved)``:
-    the flat result, the batch's count (0 without ``batch_stats``), and the backward's rows
-    (``channel_math.forward_coefficients``). ``compute``: an empty array of the compute dtype;
+    the flat result (in ``target``, or a new array when ``target`` is empty), the batch's count (0
+    without ``batch_stats``), and the backward's rows (``channel_math.forward_coefficients``). ``compute``: an empty array of the compute dtype;
     ``constants``: what the kernels take for "none" (see ``_constants``)."""
     origin, plain, no_reference, no_mask, no_positions = constants
     saved = np.empty((3, channels))
     coefficients = np.zeros((4, channels), compute.dtype)
-    out = np.empty(x.size, compute.dtype)  # the input's dtype (float32 or float64)
+    out = target if target.size else np.empty(x.size, compute.dtype)  # the input's dtype (float32 or float64)
     count = 0
     batch_mean = m2 = np.empty(0)
     if batch_stats:
@@ -201,23 +203,35 @@ class RepeatedCall:
         updated = self.training and self.track_running_stats
         return not updated or (self.running_mean.flags.writeable and self.running_var.flags.writeable)
 
-    def forward(self, module, x, update, factor):
-        """``(y, saved)``: the forward on ``x``, with ``update`` updating the running buffers by ``factor``."""
+    def takes_out(self, out, x):
+        """Whether the result of a forward on ``x`` can go to ``out`` here (O(1)): a writeable C-contiguous
+        array of ``x``'s shape and dtype, apart from ``x`` or ``x`` itself."""
+        return (
+            type(out) is np.ndarray and out.shape == self.shape and out.dtype == self.dtype
+            and out.flags.c_contiguous and out.flags.writeable and (out is x or not np.may_share_memory(out, x))
+        )
+
+    def forward(self, module, x, update, factor, out=None, keep=True):
+        """``(y, saved)``: the forward on ``x`` into ``out`` (or a new array), with ``update`` updating the
+        running buffers by ``factor``; ``saved`` is None unless the lane's calls save and ``keep``."""
         flat = x.reshape(-1)
         flat.flags.writeable = False  # the kernels are compiled for read-only input
         batch_stats = self.training or not self.track_running_stats
+        save = self.save and keep
         # Everything that could fail before the step that updates the running buffers.
-        sample = fingerprint.record(x) if self.save else None
+        sample = fingerprint.record(x) if save else None
+        target = self.compute if out is None else out.reshape(-1)  # empty: the step allocates
         y, count, saved_rows = _STEPS[self.layout][0](
-            flat, _CONSTANTS, *self.operands, self.shape[self.axis], batch_stats, float(module.eps), *self.vectors,
+            flat, target, _CONSTANTS, *self.operands, self.shape[self.axis], batch_stats, float(module.eps),
+            *self.vectors,
             update, factor, self.compute,
         )
         saved = None
-        if self.save:
+        if save:
             if not batch_stats:
                 count = x.size // self.shape[self.axis]
             saved = SavedForward(x, self.axis, batch_stats, saved_rows[0], saved_rows[1], saved_rows[2], count, sample)
-        return y.reshape(self.shape), saved
+        return (y.reshape(self.shape) if out is None else out), saved
 
     def takes_backward(self, saved, grad_output):
         """Whether the backward of ``saved`` with ``grad_output`` can run here (O(1))."""
