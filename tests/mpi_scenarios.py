@@ -18,6 +18,7 @@ import traceback
 
 import numpy as np
 from mpi4py import MPI
+from numba import config as numba_config
 
 import numba_bn as nbn
 from reference import ref_backward_train, ref_batch_stats, ref_forward
@@ -25,6 +26,8 @@ from reference import ref_backward_train, ref_batch_stats, ref_forward
 COMM = MPI.COMM_WORLD
 RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
 DEVICE = "cuda" if "cuda" in sys.argv[1:] else "cpu"
+if DEVICE == "cuda" and numba_config.ENABLE_CUDASIM:
+    nbn.config.CUDA_THREADS = 64  # as the simulator's tests in pytest take them (see conftest.py)
 MODULES = {2: nbn.BatchNorm1d, 3: nbn.BatchNorm1d, 4: nbn.BatchNorm2d, 5: nbn.BatchNorm3d}
 TOLERANCE = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-11}
 

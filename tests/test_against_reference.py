@@ -39,7 +39,7 @@ from checks import (
     make_pair,
     run_sequence,
 )
-from cuda_support import needs_cuda
+from cuda_support import DEFAULT_CUDA_THREADS, needs_cuda
 from devices import CPU, CUDA, DEVICES, assign, host, is_on, to_device
 from inputs import KINDS, layout_shape, memory_layout, random_input
 from matrix import AXES, DTYPES, FLAGS, cases
@@ -135,6 +135,19 @@ def test_inputs_spanning_many_work_units(device, cls, shape, channel_axis, modul
     rng = np.random.default_rng(7)
     bn, ref = make_pair(cls, shape[channel_axis], module_dtype, channel_axis, rng, device, momentum=None)
     run_sequence(bn, ref, rng, shape, channel_axis, module_dtype, input_dtype, MANY_UNITS_STEPS[device])
+
+
+@pytest.mark.parametrize("channel_axis", AXES)
+@pytest.mark.parametrize("device", [CUDA])
+def test_default_cuda_blocks(device, channel_axis, monkeypatch):
+    """The CUDA kernels at the block size they launch with on a GPU (the other simulator tests take
+    64 threads), on an input of several blocks per channel."""
+    monkeypatch.setattr(config, "CUDA_THREADS", DEFAULT_CUDA_THREADS)
+    monkeypatch.setattr(config, "CUDA_VALUES_PER_THREAD", 1)
+    rng = np.random.default_rng(8)
+    shape = (1, 3, 4, 70) if channel_axis == 1 else (1, 4, 70, 3)  # 280 values per channel: 2 blocks
+    bn, ref = make_pair(nbn.BatchNorm2d, 3, np.float32, channel_axis, rng, device)
+    run_sequence(bn, ref, rng, shape, channel_axis, np.float32, np.float32, ["train", "backward"])
 
 
 @pytest.fixture
