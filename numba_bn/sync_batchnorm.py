@@ -252,9 +252,9 @@ class SyncBatchNorm(_BatchNorm):
             saved, grad_output = self._checked_backward_input(grad_output)
         except Exception as error:
             raise self._exchange.report_failure(2 * self.num_features, error)  # noqa: B904 (it is error, or caused by it)
-        grads = self._backend.backward(
-            saved, grad_output, self._weight_grad_dtype(), combine_totals=self._sum_over_processes
-        )
+        # One process's sums are the totals: BatchNorm's own backward then (its paths, its bits).
+        combine_totals = None if self._exchange.size == 1 else self._sum_over_processes
+        grads = self._backend.backward(saved, grad_output, self._weight_grad_dtype(), combine_totals=combine_totals)
         return self._store_gradients(grads)
 
     def _sum_over_processes(self, sum_dy, sum_dy_xmu):

@@ -19,6 +19,7 @@ import pytest
 
 import numba_bn as nbn
 from isolated import run_script
+from numba_bn import config
 from numba_bn.bench.sync import mpiexec, oversubscription_settings
 
 MPI = pytest.importorskip("mpi4py.MPI", reason="SyncBatchNorm needs mpi4py (pip install 'numba_bn[mpi]')")
@@ -128,6 +129,20 @@ def test_one_process_is_batchnorm_bit_for_bit(flags):
     x = rng.normal(3, 2, x.shape).astype(np.float32)
     assert np.array_equal(sync.eval()(x), bn.eval()(x))
     assert np.array_equal(sync.backward(x), bn.backward(x))
+
+
+def test_one_process_is_batchnorm_bit_for_bit_on_a_large_batch():
+    """A batch whose backward takes a channel at a time (see ``config.BACKWARD_BY_CHANNEL``), in float64."""
+    bn = nbn.BatchNorm2d(config.BACKWARD_BY_CHANNEL, dtype=np.float64)
+    sync = nbn.SyncBatchNorm.from_batchnorm(copy.deepcopy(bn))
+    rng = np.random.default_rng(2)
+    shape = (2, config.BACKWARD_BY_CHANNEL, 67, 131)  # runs of an odd length
+    assert shape[0] * shape[2] * shape[3] >= config.BACKWARD_BY_CHANNEL_VALUES
+    x = rng.normal(3, 2, shape)
+    dy = rng.standard_normal(shape)
+    assert np.array_equal(sync(x), bn(x))
+    assert np.array_equal(sync.backward(dy), bn.backward(dy))
+    assert np.array_equal(sync.grad_weight, bn.grad_weight)
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (5, 3, 4), (2, 3, 2, 2), (2, 3, 1, 2, 2), (2, 3, 1, 1, 2, 2)])
