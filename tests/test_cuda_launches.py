@@ -84,6 +84,23 @@ def test_the_report_records_every_launch(recorded):
     assert [(r.module, r.kernel, r.arguments, r.block) for r in records] == seen_by_simulator
 
 
+def test_other_ranks_launch_no_other_variant():
+    """The workload's shapes stand for every rank: 2- and 5-D modules launch no kernel with argument
+    types or blocks that they do not (recorded with the kernels unrun)."""
+    import numba_bn as nbn
+    from numba_bn.cuda.launch_record import recording
+    from numba_bn.cuda.workload import SHAPES, exercise_backend
+
+    def variants(shapes):
+        with recording(run=False) as records:
+            exercise_backend(np.random.default_rng(0), shapes)
+        return {(r.kernel, repr(r.arguments), r.block) for r in records}
+
+    covered = variants(SHAPES)
+    for shape in [(nbn.BatchNorm1d, (9, 3)), (nbn.BatchNorm3d, (2, 2, 2, 3, 3)), (nbn.BatchNorm3d, (2, 3, 2, 3, 3))]:
+        assert variants([shape]) <= covered, shape
+
+
 def test_every_argument_marshals_on_a_gpu(launches):
     problems = [problem for launch in launches for problem in marshalling_problems(launch)]
     assert problems == []
