@@ -374,6 +374,8 @@ def test_constant_rows_give_exact_zero(split, monkeypatch):
     norm = nbn.InstanceNorm1d(4)
     np.testing.assert_array_equal(norm(x), np.zeros_like(x))
     np.testing.assert_array_equal(norm.backward(np.ones_like(x)), np.zeros_like(x))
+    wide = np.full((3, 2, 37), 1e9 + 0.1)  # a value whose square does not fit a float64 exactly
+    np.testing.assert_array_equal(nbn.InstanceNorm1d(2, dtype=np.float64)(wide), np.zeros_like(wide))
 
 
 def test_large_mean_over_std_in_float32(rng):
@@ -384,6 +386,8 @@ def test_large_mean_over_std_in_float32(rng):
     # The textbook E[x^2] - E[x]^2 in float32 is far off on this data.
     naive = (x * x).mean(axis=1, dtype=np.float32) - x.mean(axis=1, dtype=np.float32) ** 2
     assert np.abs(naive - var_ref).max() > 0.1
+    wide = 1e9 + rng.normal(size=(3, 2, 500))  # |mean|/std = 1e9 in float64
+    np.testing.assert_allclose(nbn.GroupNorm(1, 2, dtype=np.float64)(wide), ref.group_norm(wide, 1)[0], atol=1e-6)
 
 
 def test_strided_read_only_and_byte_swapped_inputs(rng):
