@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ._backend import require_cuda
 
 
+@functools.lru_cache(maxsize=None)  # looked up on every forward: the imports and the CUDA check once
 def row_backend(device: str) -> Any:
     """The row backend of a checked device name (``"cpu"`` or ``"cuda"``)."""
     if device == "cuda":

@@ -11,6 +11,7 @@ results never depend on the thread count.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -32,6 +33,7 @@ class RowGeometry(NamedTuple):
         return self.shape[2] * self.shape[3]
 
 
+@functools.lru_cache(maxsize=256)  # a training loop sees the same few shapes at every step
 def group_rows(shape: tuple[int, ...], groups: int, channel_axis: int) -> RowGeometry:
     """Rows of ``groups`` channel groups per sample of a C-contiguous ``(N, C, *)`` (``channel_axis=1``)
     or ``(N, *, C)`` (``channel_axis=-1``) input."""
@@ -55,6 +57,7 @@ def group_rows(shape: tuple[int, ...], groups: int, channel_axis: int) -> RowGeo
     )
 
 
+@functools.lru_cache(maxsize=256)
 def layer_rows(shape: tuple[int, ...], normalized_ndim: int) -> RowGeometry:
     """Rows of the trailing ``normalized_ndim`` axes of a C-contiguous input."""
     features = math.prod(shape[len(shape) - normalized_ndim :])

@@ -61,6 +61,8 @@ class CpuRows:
         """The affine's vector per weight index in the kernels' compute ``dtype``; ``fill`` when absent."""
         if values is None:
             return np.full(count, fill, dtype)
+        if values.dtype == dtype and values.ndim == 1 and values.flags.c_contiguous:
+            return values  # the common case: a module's own parameter, read as it is
         return np.ascontiguousarray(np.asarray(values).reshape(-1), dtype=dtype)
 
     def forward_rows(self, x, geometry, weight, bias, eps, given=None, save=True):
@@ -75,7 +77,7 @@ class CpuRows:
         rows = geometry.rows
         out = np.empty(x.shape, _output_dtype(x))
         if given is None:
-            mean, var, invstd = np.full((3, rows), np.nan)
+            mean, var, invstd = np.empty((3, rows)) if x.size else np.full((3, rows), np.nan)
         else:
             mean, invstd = (np.ascontiguousarray(v, dtype=np.float64) for v in given)
             var = np.empty(rows)
@@ -91,7 +93,8 @@ class CpuRows:
         saved = None
         if save:
             saved = SavedRows(
-                x, geometry, statistics, weight_c, given is None, fingerprint.record(source), source
+                x, geometry, statistics, weight_c.copy() if weight_c is weight else weight_c, given is None,
+                fingerprint.record(source), source,
             )
         return out, statistics, saved
 
