@@ -1,6 +1,6 @@
-"""``group_norm``, ``instance_norm`` and ``layer_norm``: ``torch.nn.functional``'s contracts on NumPy
-or CUDA device arrays.
+"""``group_norm``, ``instance_norm`` and ``layer_norm`` on NumPy or CUDA device arrays.
 
+They follow ``torch.nn.functional``'s contracts.
 As with ``batch_norm``, the input picks the device and the other arrays must
 live there too; nothing is kept between calls.
 """
@@ -104,6 +104,15 @@ def instance_norm(
     -------
     numpy.ndarray or DeviceArray
         A new C-contiguous array of ``x``'s shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numba_bn as nbn
+    >>> running_mean, running_var = np.zeros(2), np.ones(2)
+    >>> y = nbn.instance_norm(np.arange(12.0).reshape(2, 2, 3), running_mean, running_var)
+    >>> running_mean
+    array([0.4, 0.7])
     """
     owner, x = _input(x)
     channel_axis = check_channel_axis(channel_axis)

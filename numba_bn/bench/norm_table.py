@@ -94,6 +94,7 @@ class NormData:
 
 
 def make_norm_data(case: NormCase, seed: int = 0) -> NormData:
+    """The case's input, output gradient and affine parameters (float32, from ``seed``)."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(case.shape, dtype=np.float32) * 2 + 1).astype(np.float32)
     grad_output = rng.standard_normal(case.shape, dtype=np.float32)
