@@ -99,7 +99,7 @@ class CudaRows:
                 )
                 launch(row_kernels.merge_row_parts, *_per_row_grid(rows), (states, float(eps), mean, var, invstd))
             launch(
-                row_kernels.normalize_rows, *_elementwise_grid(x.size),
+                row_kernels.row_normalize, *_elementwise_grid(x.size),
                 (flat_x, _flat(out), G, B, sN, sG, sA, length, wg, wa, wb, weight_v, bias_v, mean, invstd),
             )
         statistics = RowStatistics(mean, var, invstd)
@@ -137,7 +137,7 @@ class CudaRows:
         launch(row_kernels.row_grad_terms, *_per_row_grid(rows),
                (sums, mean, invstd, saved.batch_stats, float(length), terms))
         launch(
-            row_kernels.grad_input_rows, *_elementwise_grid(x.size),
+            row_kernels.row_grad_input, *_elementwise_grid(x.size),
             (flat_x, flat_dy, _flat(dx), G, B, sN, sG, sA, length, wg, wa, wb, saved.weight, mean, invstd, terms),
         )
         if not weights:
@@ -145,7 +145,7 @@ class CudaRows:
         grad_weight = device_array(count, np.float64)
         grad_bias = device_array(count, np.float64)
         launch(
-            row_kernels.weight_grad_sums, min(count, _MAX_GRID_Y), threads,
+            row_kernels.row_weight_grads, min(count, _MAX_GRID_Y), threads,
             (flat_x, flat_dy, N, G, A, B, sN, sG, sA, wg, wb, mean, invstd, grad_weight, grad_bias),
             2 * threads * 8,
         )

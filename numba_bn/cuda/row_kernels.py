@@ -8,10 +8,10 @@ input (``numba_bn/_row_layout.py``): a C-contiguous array read as
 * forward: ``row_stat_parts`` (one block per (row, piece): thread-local
   shifted float64 sums turned into (count, mean, M2) states, merged in a fixed
   shared-memory tree with Chan's formula), ``merge_row_parts`` (one thread per
-  row: the pieces in order), ``normalize_rows`` (elementwise);
+  row: the pieces in order), ``row_normalize`` (elementwise);
 * backward: ``row_grad_parts`` (block sums of ``w * dy`` and
   ``w * dy * (x - mean)``), ``row_grad_terms`` (one thread per row),
-  ``grad_input_rows`` (elementwise) and, for the affine, ``weight_grad_sums``
+  ``row_grad_input`` (elementwise) and, for the affine, ``row_weight_grads``
   (one block per weight index).
 
 Several blocks share a long row (the pieces), so a few large groups still fill
@@ -138,7 +138,7 @@ def merge_row_parts(states, eps, mean, var, invstd):
 
 
 @kernel
-def normalize_rows(x, out, G, B, sN, sG, sA, L, wg, wa, wb, weight, bias, mean, invstd):
+def row_normalize(x, out, G, B, sN, sG, sA, L, wg, wa, wb, weight, bias, mean, invstd):
     """``out = (x - mean) * invstd * weight + bias`` over every value of every row."""
     total = mean.shape[0] * L
     for e in range(cuda.grid(1), total, cuda.gridsize(1)):
@@ -192,7 +192,7 @@ def row_grad_terms(sums, mean, invstd, batch, L, terms):
 
 
 @kernel
-def grad_input_rows(x, dy, dx, G, B, sN, sG, sA, L, wg, wa, wb, weight, mean, invstd, terms):
+def row_grad_input(x, dy, dx, G, B, sN, sG, sA, L, wg, wa, wb, weight, mean, invstd, terms):
     """``dx = invstd * w * dy + k_x * (x - mean) + k_const`` over every value of every row."""
     total = mean.shape[0] * L
     for e in range(cuda.grid(1), total, cuda.gridsize(1)):
@@ -205,7 +205,7 @@ def grad_input_rows(x, dy, dx, G, B, sN, sG, sA, L, wg, wa, wb, weight, mean, in
 
 
 @kernel
-def weight_grad_sums(x, dy, samples, G, A, B, sN, sG, sA, wg, wb, mean, invstd, grad_weight, grad_bias):
+def row_weight_grads(x, dy, samples, G, A, B, sN, sG, sA, wg, wb, mean, invstd, grad_weight, grad_bias):
     """Per weight index ``c`` (one block each): ``sum(dy * xhat)`` and ``sum(dy)`` over every value it scales.
 
     A per-channel index (``wb == 0``) scales ``B`` values of each sample; a
