@@ -66,14 +66,14 @@ def _compiled_pair(name, driver):
 # ------------------------------------------------------------------ helpers
 
 
-@njit(**_SERIAL)
+@njit(inline="always", **_SERIAL)
 def _part_start(part, total, parts):
     """First index of ``part`` when ``total`` items are split into near-equal parts."""
     quotient, remainder = divmod(total, parts)
     return part * quotient + min(part, remainder)
 
 
-@njit(**_SERIAL)
+@njit(inline="always", **_SERIAL)
 def _range_sums(x, base, sA, B, start, stop):
     """``(shift, sum(x - shift), sum((x - shift) ** 2))`` in float64 over flat values ``start:stop`` of a row,
     ``shift`` the first of them."""
@@ -96,7 +96,7 @@ def _range_sums(x, base, sA, B, start, stop):
     return shift, first, second
 
 
-@njit(**_SERIAL)
+@njit(inline="always", **_SERIAL)
 def _row_terms(r, mean, invstd, terms):
     """Row ``r``'s compute-dtype terms: ``shift`` (the mean rounded), ``invstd`` and
     ``(mean - shift) * invstd`` (what the rounding left over, in units of the std)."""
@@ -105,7 +105,7 @@ def _row_terms(r, mean, invstd, terms):
     terms[r, 2] = (mean[r] - np.float64(terms[r, 0])) * invstd[r]
 
 
-@njit(**_SERIAL)
+@njit(inline="always", **_SERIAL)
 def _normalize_range(x, out, base, sA, B, start, stop, terms, r, weight, bias, wbase, wa, wb, mean, invstd):
     """``y = (x - mean) * invstd * w + b`` over flat values ``start:stop`` of row ``r``."""
     shift, scale, rest = terms[r, 0], terms[r, 1], terms[r, 2]
@@ -228,7 +228,7 @@ forward, forward_serial = _compiled_pair("forward", _forward)
 # ------------------------------------------------------------------ backward
 
 
-@njit(**_SERIAL)
+@njit(inline="always", **_SERIAL)
 def _range_grad_sums(x, dy, base, sA, B, start, stop, m, inv, weight, wbase, wa, wb, weights, wdy, wdyx):
     """``(sum(w * dy), sum(w * dy * (x - m)))`` in float64 over flat values ``start:stop`` of a row;
     with ``weights`` also adds ``dy`` and ``dy * xhat`` to ``wdy`` and ``wdyx`` at each value's weight index."""
@@ -280,7 +280,7 @@ def _range_grad_sums(x, dy, base, sA, B, start, stop, m, inv, weight, wbase, wa,
     return total_dy, total_dyx
 
 
-@njit(**_SERIAL)
+@njit(inline="always", **_SERIAL)
 def _grad_range(x, dy, dx, base, sA, B, start, stop, r, terms, grad_terms, weight, wbase, wa, wb):
     """``dx = w * invstd * dy + k_x * (x - shift) + k_const`` over flat values ``start:stop`` of row ``r``."""
     shift, inv = terms[r, 0], terms[r, 1]
@@ -308,7 +308,7 @@ def _grad_range(x, dy, dx, base, sA, B, start, stop, r, terms, grad_terms, weigh
         b = 0
 
 
-@njit(**_SERIAL)
+@njit(inline="always", **_SERIAL)
 def _grad_terms(r, L, total_dy, total_dyx, batch, mean, invstd, terms, grad_terms):
     """Row ``r``'s ``k_x`` and ``k_const``: the gradient through the row's mean and variance
     (zero when the statistics were constants)."""
