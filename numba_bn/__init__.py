@@ -22,6 +22,9 @@ ChannelStats, channel_stats
 fold_batchnorm
     The weight and bias of a convolution or linear layer with an
     evaluation-mode BatchNorm folded in (inference).
+GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm
+    The normalisation family on the same machinery, with their functional
+    forms ``group_norm``, ``instance_norm`` and ``layer_norm``.
 SyncBatchNorm
     Batch normalisation of a batch split over MPI processes (extra ``mpi``).
 cuda_stream
@@ -50,6 +53,8 @@ from ._stats import ChannelStats, channel_stats
 from .fold import fold_batchnorm
 from .functional import batch_norm, batch_stats
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .norm_functional import group_norm, instance_norm, layer_norm
+from .norm_modules import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm
 from .sync_batchnorm import SyncBatchNorm
 
 __version__ = "0.1.0"
@@ -64,6 +69,14 @@ __all__ = [
     "channel_stats",
     "cuda_stream",
     "fold_batchnorm",
+    "GroupNorm",
+    "group_norm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "instance_norm",
+    "LayerNorm",
+    "layer_norm",
     "is_grad_enabled",
     "no_grad",
     "precompile",

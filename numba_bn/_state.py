@@ -128,9 +128,11 @@ def read_state(state, expected_keys, channels, strict):
             values[key] = read_counter(key, state[key])
         else:
             array = host_array(key, state[key])
-            if array.shape != (channels,):
+            # ``channels`` is a vector length, or a whole shape (LayerNorm's parameters).
+            expected_shape = tuple(channels) if isinstance(channels, tuple) else (channels,)
+            if array.shape != expected_shape:
                 raise ValueError(
-                    f"size mismatch for {key}: expected shape ({channels},), got {array.shape}"
+                    f"size mismatch for {key}: expected shape {expected_shape}, got {array.shape}"
                 )
             values[key] = array
     return values, IncompatibleKeys(missing, unexpected)

@@ -71,3 +71,18 @@ CUDA_VALUES_PER_THREAD = 16
 #: Merge within warps with shuffles before the shared-memory tree. ``None``
 #: means "on a real GPU"; the CUDA simulator has no warp intrinsics.
 CUDA_WARP_SHUFFLE = None
+
+# ------------------------------------------------- row normalisations
+# GroupNorm, InstanceNorm and LayerNorm (``numba_bn/cpu/row_kernels.py``).
+
+#: Rows are split into pieces of about this many values when there are few
+#: of them (below ``NORM_FEW_ROWS``) and they are longer than this, so that
+#: one large group or layer still keeps every core busy.
+NORM_PART_VALUES = 65536
+
+#: Fewer rows than this, each longer than ``NORM_PART_VALUES``: split them.
+NORM_FEW_ROWS = 32
+
+#: Most blocks of whole rows in a backward; each block keeps its own float64
+#: partial sums of the weight's and bias's gradients.
+NORM_ROW_BLOCKS = 64

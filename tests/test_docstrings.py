@@ -17,7 +17,7 @@ import pytest
 
 import numba_bn
 import numba_bn.bench
-from numba_bn import _grad_mode, _precompile, _stats, fold, functional, modules
+from numba_bn import _grad_mode, _precompile, _stats, fold, functional, modules, norm_functional, norm_modules
 from numba_bn.cuda import stream as _stream
 
 MODULE_CLASSES = (numba_bn.BatchNorm1d, numba_bn.BatchNorm2d, numba_bn.BatchNorm3d)
@@ -27,17 +27,20 @@ MODULE_METHODS = (
 )
 FUNCTIONS = (
     numba_bn.batch_norm, numba_bn.batch_stats, numba_bn.cuda_stream, numba_bn.precompile, numba_bn.is_grad_enabled,
-    numba_bn.channel_stats, numba_bn.fold_batchnorm,
+    numba_bn.channel_stats, numba_bn.fold_batchnorm, numba_bn.group_norm, numba_bn.instance_norm, numba_bn.layer_norm,
 )
 #: Other public classes: every public method and property documented.
 OTHER_CLASSES = (numba_bn.ChannelStats, numba_bn.SyncBatchNorm)
 PUBLIC_NAMES = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm", "batch_stats", "cuda_stream", "is_grad_enabled",
     "no_grad", "precompile", "__version__", "ChannelStats", "channel_stats", "SyncBatchNorm",
-    "fold_batchnorm",
+    "fold_batchnorm", "GroupNorm", "group_norm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "instance_norm",
+    "LayerNorm", "layer_norm",
 ]
 #: Modules whose docstrings (and examples) are checked.
-DOCUMENTED_MODULES = [numba_bn, modules, functional, _stream, _grad_mode, _precompile, _stats, fold]
+DOCUMENTED_MODULES = [
+    numba_bn, modules, functional, _stream, _grad_mode, _precompile, _stats, fold, norm_modules, norm_functional,
+]
 
 #: The input layouts each class must state: channels first and channels last.
 DOCUMENTED_SHAPES = {

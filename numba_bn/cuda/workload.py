@@ -144,4 +144,20 @@ def exercise_backend(rng, shapes=SHAPES):
     bn = nbn.BatchNorm1d(3, device="cuda")
     with failing_elementwise_pass(), contextlib.suppress(InjectedFailure):
         bn(flipped)
+    exercise_row_norms(rng)
 
+
+def exercise_row_norms(rng):
+    """GroupNorm, InstanceNorm and LayerNorm (``cuda/row_backend.py``): their kernels take flat arrays and
+    numbers whatever the module, layout or shape, so one module per dtype reaches every variant:
+    training and evaluation with running statistics (the statistics' kernels, or none), forward and
+    backward with the affine's sums; and a strided input (copied on the device first)."""
+    for module_dtype, input_dtype in DTYPES:
+        x = cuda.to_device(rng.standard_normal((2, 4, 5)).astype(input_dtype))
+        norm = nbn.InstanceNorm1d(4, affine=True, track_running_stats=True, dtype=module_dtype, device="cuda")
+        for mode in (True, False):
+            norm.train(mode)
+            norm(x)
+            norm.backward(x)
+    strided = cuda.to_device(rng.standard_normal((2, 4, 6)).astype(np.float32))[:, :, ::2]
+    nbn.group_norm(strided, 2)
