@@ -9,7 +9,8 @@ cache. It runs each module operation (training and evaluation forwards,
 their backward passes, with and without affine parameters) on small inputs,
 once below and once above ``config.SERIAL_BELOW`` values, so that both the
 serial and the thread-pool drivers of every kernel are compiled; with
-``fused=True`` also the fused ReLU and residual passes (``activation="relu"``).
+``fused=True`` also the fused ReLU and residual passes (``activation="relu"``),
+and with ``family=True`` the kernels of GroupNorm, InstanceNorm and LayerNorm.
 """
 
 from __future__ import annotations
@@ -64,7 +65,26 @@ def _shape(rank, channel_axis, channels, values):
     return tuple(shape)
 
 
-def _exercise(dtype, layout, rank, fused):
+def _exercise_family(x, channels, channel_axis, module_dtype):
+    """GroupNorm, InstanceNorm (with running statistics) and LayerNorm: forward and backward,
+    training and evaluation, on ``x``."""
+    from . import norm_modules
+
+    modules = [
+        norm_modules.GroupNorm(1, channels, dtype=module_dtype, channel_axis=channel_axis),
+        norm_modules.LayerNorm(x.shape[-1], dtype=module_dtype),
+    ]
+    if x.ndim >= 3:
+        instance_norm = getattr(norm_modules, f"InstanceNorm{x.ndim - 2}d")
+        modules.append(instance_norm(channels, affine=True, track_running_stats=True, dtype=module_dtype,
+                                     channel_axis=channel_axis))
+    for module in modules:
+        for training in (True, False):
+            module.train(training)
+            module.backward(module(x))
+
+
+def _exercise(dtype, layout, rank, fused, family):
     """Every module operation, serial and parallel, for one dtype, layout and rank."""
     channel_axis = _CHANNEL_AXES[layout]
     module_dtype = np.float32 if dtype == np.float16 else dtype
@@ -85,6 +105,8 @@ def _exercise(dtype, layout, rank, fused):
                 bn.train(training)
                 bn.backward(bn(x))
                 bn.backward(bn(x, x))  # BN + add + ReLU
+        if family:
+            _exercise_family(x, channels, channel_axis, module_dtype)
 
 
 def precompile(
@@ -93,6 +115,7 @@ def precompile(
     ranks: int | Sequence[int] = RANKS,
     *,
     fused: bool = False,
+    family: bool = False,
     progress: bool | Callable[[int, int, str], None] = False,
 ) -> dict[str, float]:
     """Compile the CPU kernels for the given dtypes, layouts and ranks ahead of their first use.
@@ -119,6 +142,9 @@ def precompile(
         Also compile the fused passes of ``activation="relu"`` modules
         (BN + ReLU and BN + add + ReLU, forward and backward): as many
         seconds again per dtype and layout, for programs that use them.
+    family : bool, default False
+        Also compile the kernels of ``GroupNorm``, ``InstanceNorm1d/2d/3d``
+        and ``LayerNorm`` (and of their functions).
     progress : bool or callable, default False
         True draws a progress bar on stderr; a callable is called as
         ``progress(done, total, label)`` before each step and at the end.
@@ -155,7 +181,7 @@ def precompile(
             label = f"{dtype} {layout} {rank}D"
             report(done, label)
             start = time.perf_counter()
-            _exercise(np.dtype(dtype), layout, rank, fused)
+            _exercise(np.dtype(dtype), layout, rank, fused, family)
             seconds[label] = time.perf_counter() - start
     report(len(combinations), "done")
     return seconds

@@ -263,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help=f"subset of {','.join(map(str, PRECOMPILE_RANKS))} (default all)")
     precompile.add_argument("--fused", action="store_true",
                             help="also the fused BN+ReLU and BN+add+ReLU passes (activation='relu')")
+    precompile.add_argument("--family", action="store_true",
+                            help="also GroupNorm, InstanceNorm and LayerNorm")
     precompile.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     bench_dask = commands.add_parser(
         "bench-dask", help="time numba_bn.dask.channel_stats against dask.array (needs the dask extra)",
@@ -557,7 +559,8 @@ def run_precompile(args: argparse.Namespace) -> int:
     """The ``precompile`` command; returns the exit status."""
     from . import precompile
 
-    seconds = precompile(args.dtypes, args.layouts, args.ranks, fused=args.fused, progress=not args.no_progress)
+    seconds = precompile(args.dtypes, args.layouts, args.ranks, fused=args.fused, family=args.family,
+                         progress=not args.no_progress)
     total = sum(seconds.values())
     print(f"compiled numba_bn's CPU kernels for {len(seconds)} dtype/layout/rank combinations in {total:.1f} s; "
           f"cached in {_cache_directory()}")

@@ -89,6 +89,23 @@ def test_after_fused_precompile_fused_first_calls_compile_nothing():
     assert "compiled: []" in completed.stdout, completed.stdout
 
 
+def test_after_family_precompile_first_calls_compile_nothing():
+    nbn.precompile(dtypes="float32", layouts="channels_last", ranks=4, family=True)
+    completed = run_python(COUNT_COMPILATIONS + """
+    rng = np.random.default_rng(0)
+    for shape in [(2, 3, 3, 8), (64, 8, 8, 8)]:  # the serial kernels, then the thread pool's
+        x = rng.standard_normal(shape, dtype=np.float32)
+        for module in (nbn.GroupNorm(2, 8, channel_axis=-1), nbn.LayerNorm(8),
+                       nbn.InstanceNorm2d(8, affine=True, track_running_stats=True, channel_axis=-1)):
+            for training in (True, False):
+                module.train(training)
+                module.backward(module(x))
+    print("compiled:", compiled)
+    """)
+    assert completed.returncode == 0, completed.stderr
+    assert "compiled: []" in completed.stdout, completed.stdout
+
+
 def test_precompile_reports_each_combination_and_rejects_unknown_choices():
     seconds = nbn.precompile(dtypes=["float32"], layouts="channels_last", ranks=[3, 2])
     assert list(seconds) == ["float32 channels_last 3D", "float32 channels_last 2D"]
