@@ -4,6 +4,7 @@ import importlib
 import importlib.util
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -195,11 +196,13 @@ def test_parse_shape(text, shape):
 def test_bench_table_script_renders_a_real_benchmark_run(tmp_path):
     """A real (tiny) pytest-benchmark run through scripts/bench_table.py, README markers included."""
     path = tmp_path / "bench.json"
+    # pytest-benchmark writes its JSON only outside a pytest-xdist worker: run as a plain pytest.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_XDIST")}
     subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "benchmarks" / "test_bench_cpu.py"),
          "-k", "64x128 and (eval_forward or train_backward)", "--benchmark-enable", f"--benchmark-json={path}",
          "--benchmark-max-time=0.002", "--benchmark-min-rounds=2", "--benchmark-warmup=off"],
-        cwd=ROOT, check=True, capture_output=True,
+        cwd=ROOT, env=env, check=True, capture_output=True,
     )
     data = json.loads(path.read_text())
     spec = importlib.util.spec_from_file_location("bench_table", ROOT / "scripts" / "bench_table.py")

@@ -11,7 +11,7 @@ project's real files and parsers:
   arguments; ``info``, ``--help`` and ``--version`` are also run;
 - ``python examples/NAME.py ...``: the example exists and its parser accepts the arguments;
 - ``python scripts/NAME.py ...``: the script exists and its parser accepts the arguments;
-- ``python -m pytest [paths] [options]``: the paths exist;
+- ``python -m pytest [paths] [options]``: the paths exist (an option's own value is not a path);
 - ``mpiexec -n K <one of the above>``: as that command.
 
 Blocks in other languages (``text``) are not checked.
@@ -103,6 +103,10 @@ def _accepts(parser: argparse.ArgumentParser, arguments):
 KNOWN_VARIABLES = {"NUMBA_ENABLE_CUDASIM", "NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR", "NUMBA_THREADING_LAYER"}
 
 
+#: pytest options whose value is the next word: workers, keyword and marker expressions, plugins.
+_PYTEST_OPTIONS_WITH_A_VALUE = {"-n", "-k", "-m", "-p"}
+
+
 def _check_command(words):
     while words and re.fullmatch(r"\w+=\S*", words[0]):
         assert words[0].split("=")[0] in KNOWN_VARIABLES, f"unexpected setting {words[0]}"
@@ -136,8 +140,11 @@ def _check_command(words):
             assert completed.returncode == 0, completed.stderr
         return
     if arguments[:2] == ["-m", "pytest"]:
-        for argument in arguments[2:]:
-            if not argument.startswith("-"):
+        rest = iter(arguments[2:])
+        for argument in rest:
+            if argument in _PYTEST_OPTIONS_WITH_A_VALUE:
+                next(rest)
+            elif not argument.startswith("-"):
                 assert (ROOT / argument.split("::")[0]).exists(), argument
         return
     script = ROOT / arguments[0]
