@@ -20,6 +20,7 @@ from . import row_norms
 from ._backend import backend
 from ._grad_mode import is_grad_enabled
 from ._row_backend import row_backend
+from ._row_layout import group_rows, layer_rows
 from ._state import COUNTER_KEY, IncompatibleKeys, read_state
 from ._typing import Array
 from ._validation import (
@@ -53,6 +54,8 @@ class _RowNorm:
     grad_bias: Array | None
 
     _ARRAY_NAMES = _BatchNorm._ARRAY_NAMES
+    #: Whether a forward that repeats the last one skips the general path's steps (GroupNorm, LayerNorm).
+    _repeats_small_calls = True
 
     def _init_arrays(self, shape, affine, use_bias, dtype, device):
         self.dtype = check_parameter_dtype(dtype)
@@ -69,6 +72,7 @@ class _RowNorm:
         self.grad_weight = None
         self.grad_bias = None
         self._saved = None
+        self._repeated = None  # the last forward, while calls repeat it (GroupNorm and LayerNorm)
 
     @property
     def _rows(self):
@@ -104,6 +108,25 @@ class _RowNorm:
             value = getattr(self, name)
             if value is not None:
                 row_norms.check_param(self._backend, name, value, self._param_shape, dtype=self.dtype)
+
+    def _forward_rows(self, x, checked_rows):
+        """GroupNorm's and LayerNorm's forward: ``checked_rows(x)`` checks the module's input and gives its
+        ``RowGeometry``. A call that repeats the last one (the same input layout, options and parameter
+        objects) skips the checks and the set-up: see ``numba_bn/cpu/row_small_calls.py``."""
+        save = is_grad_enabled()
+        options = self._row_options()
+        repeated = self._repeated
+        if repeated is not None and repeated.repeats(self, x, options):
+            y, saved = repeated.forward(x, save)
+        else:
+            x = self._checked_input(x)
+            geometry = checked_rows(x)
+            self._check_parameters()
+            rows = self._rows
+            y, _, saved = rows.forward_rows(x, geometry, self.weight, self.bias, self.eps, save=save)
+            self._repeated = rows.repeated_rows(self, x, geometry, options) if self._repeats_small_calls else None
+        self._keep(saved, x)
+        return y
 
     def _keep(self, saved, x):
         """Remember the forward for backward (nothing inside ``no_grad``)."""
@@ -275,19 +298,19 @@ class GroupNorm(_RowNorm):
 
     def forward(self, x: Array) -> Array:
         """Normalise each group of ``x``: ``(N, C, *)`` (or channels-last) of the module's dtype."""
-        x = self._checked_input(x)
+        return self._forward_rows(x, self._group_rows)
+
+    def _group_rows(self, x):
         channels, axis = row_norms.group_channels(x, self.channel_axis)
         if channels != self.num_channels:
             raise ValueError(
                 f"expected input with {self.num_channels} channels on axis {axis}, got {channels} "
                 f"(input shape {tuple(x.shape)})"
             )
-        self._check_parameters()
-        y, _, saved = row_norms.group_forward(
-            self._rows, x, self.num_groups, self.weight, self.bias, self.eps, self.channel_axis, is_grad_enabled()
-        )
-        self._keep(saved, x)
-        return y
+        return group_rows(tuple(x.shape), self.num_groups, self.channel_axis)
+
+    def _row_options(self):
+        return self.num_groups, self.num_channels, self.channel_axis, self.eps
 
     def extra_repr(self) -> str:
         return (
@@ -508,14 +531,14 @@ class LayerNorm(_RowNorm):
 
     def forward(self, x: Array) -> Array:
         """Normalise the trailing ``normalized_shape`` values of each sample of ``x``."""
-        x = self._checked_input(x)
+        return self._forward_rows(x, self._layer_rows)
+
+    def _layer_rows(self, x):
         row_norms.check_layer_input(x, self.normalized_shape)
-        self._check_parameters()
-        y, _, saved = row_norms.layer_forward(
-            self._rows, x, len(self.normalized_shape), self.weight, self.bias, self.eps, is_grad_enabled()
-        )
-        self._keep(saved, x)
-        return y
+        return layer_rows(tuple(x.shape), len(self.normalized_shape))
+
+    def _row_options(self):
+        return self.normalized_shape, self.eps
 
     def extra_repr(self) -> str:
         return (

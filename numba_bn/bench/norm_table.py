@@ -138,7 +138,11 @@ def _prepare_numba_bn(case: NormCase, data: NormData) -> Prepared:
         module = nbn.LayerNorm(case.normalized, EPS)
     module.load_state_dict({"weight": data.weight, "bias": data.bias})
     if case.direction == FORWARD:
-        return Prepared(lambda: (module(data.x),), _outputs(_FORWARD_OUTPUTS))
+        def forward():
+            with nbn.no_grad():  # as PyTorch's side runs it: nothing is kept for a backward
+                return (module(data.x),)
+
+        return Prepared(forward, _outputs(_FORWARD_OUTPUTS))
     module(data.x)
 
     def run():

@@ -34,7 +34,10 @@ def _sample_positions(size):
 
 def record(x):
     """The bytes of ``x``'s sampled elements (any strides, any byte order)."""
-    return x.flat[_sample_positions(x.size)].tobytes()
+    positions = _sample_positions(x.size)
+    if x.flags.c_contiguous:  # a flat view indexes faster than the flat iterator
+        return x.reshape(-1)[positions].tobytes()
+    return x.flat[positions].tobytes()
 
 
 def check_unchanged(x, recorded):

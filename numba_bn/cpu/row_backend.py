@@ -84,7 +84,7 @@ class CpuRows:
         terms = np.empty((rows, 3), dtype)
         if x.size:
             kernel = row_kernels.forward_serial if _serial(x) else row_kernels.forward
-            _run(
+            run_kernel(
                 kernel, x.reshape(-1), _kernel_array(out).reshape(-1), geometry.shape, geometry.strides, weight_c,
                 bias_c, geometry.weight_strides, float(eps), row_parts(geometry), given is not None, mean, var, invstd,
                 terms,
@@ -93,8 +93,8 @@ class CpuRows:
         saved = None
         if save:
             saved = SavedRows(
-                x, geometry, statistics, weight_c.copy() if weight_c is weight else weight_c, given is None,
-                fingerprint.record(source), source,
+                x, geometry, statistics, borrowed_copy(weight_c, weight), given is None, fingerprint.record(source),
+                source,
             )
         return out, statistics, saved
 
@@ -116,7 +116,7 @@ class CpuRows:
             zeros = np.zeros(geometry.weight_count, grad_dtype)
             return dx, (zeros if weights else None), (zeros.copy() if weights else None)
         kernel = row_kernels.backward_serial if _serial(x) else row_kernels.backward
-        sum_dy_xhat, sum_dy = _run(
+        sum_dy_xhat, sum_dy = run_kernel(
             kernel, x.reshape(-1), dy.reshape(-1), _kernel_array(dx).reshape(-1), geometry.shape, geometry.strides,
             saved.weight, geometry.weight_strides, geometry.weight_count, statistics.mean, statistics.invstd,
             saved.batch_stats, bool(weights), row_parts(geometry), row_blocks(geometry), terms, grad_terms,
@@ -125,6 +125,15 @@ class CpuRows:
             return dx, None, None
         return dx, sum_dy_xhat.astype(grad_dtype), sum_dy.astype(grad_dtype)
 
+    def repeated_rows(self, module, x, geometry, options):
+        """After a forward of ``module`` on ``x`` (rows ``geometry``, module ``options``) succeeded on the
+        general path: an object whose ``repeats(module, x, options)`` tells in O(1) whether a later forward
+        is the same call again, and whose ``forward(x, save)`` then runs it with the same results; None
+        where it does not apply. See ``numba_bn/cpu/row_small_calls.py``."""
+        from .row_small_calls import RepeatedRows  # it builds on this module
+
+        return RepeatedRows.of(module, x, geometry, options)
+
     def to_host(self, array):
         return np.array(array, copy=True)
 
@@ -132,8 +141,15 @@ class CpuRows:
         return np.array(values, dtype=dtype, order="C", copy=True)
 
 
+def borrowed_copy(vector, values):
+    """``vector`` (``affine_vector(values, ...)``) as a backward may keep it: a copy when it is the caller's
+    ``values`` or a view of them, which the caller may update in place (an optimizer's step) before that
+    backward; ``affine_vector``'s own new arrays own their data."""
+    return vector.copy() if vector is values or vector.base is not None else vector
+
+
 @serialize_unless_thread_safe
-def _run(kernel, *args):
+def run_kernel(kernel, *args):
     return kernel(*args)
 
 

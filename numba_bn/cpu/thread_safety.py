@@ -88,6 +88,9 @@ def serialize_unless_thread_safe(function):
 
     @functools.wraps(function)
     def guarded(*args, **kwargs):
+        # The common case first, in the fewest steps: small kernels take microseconds.
+        if _active_layer_is_thread_safe and not _forked_after_gnu_openmp_started:
+            return function(*args, **kwargs)
         if _forked_after_gnu_openmp_started:
             _refuse_in_forked_gnu_openmp_child()
         if active_layer_is_thread_safe():
