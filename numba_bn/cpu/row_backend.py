@@ -52,6 +52,11 @@ def _serial(x):
     return x.size < config.SERIAL_BELOW
 
 
+def forward_kernel(x):
+    """The forward kernel for ``x``: serial below ``config.SERIAL_BELOW`` values."""
+    return row_kernels.forward_serial if _serial(x) else row_kernels.forward
+
+
 class CpuRows:
     """Row normalisations on NumPy arrays."""
 
@@ -83,11 +88,10 @@ class CpuRows:
             var = np.empty(rows)
         terms = np.empty((rows, 3), dtype)
         if x.size:
-            kernel = row_kernels.forward_serial if _serial(x) else row_kernels.forward
             run_kernel(
-                kernel, x.reshape(-1), _kernel_array(out).reshape(-1), geometry.shape, geometry.strides, weight_c,
-                bias_c, geometry.weight_strides, float(eps), row_parts(geometry), given is not None, mean, var, invstd,
-                terms,
+                forward_kernel(x), x.reshape(-1), _kernel_array(out).reshape(-1), geometry.shape, geometry.strides,
+                weight_c, bias_c, geometry.weight_strides, float(eps), row_parts(geometry), given is not None, mean,
+                var, invstd, terms,
             )
         statistics = RowStatistics(mean, None if given is not None else var, invstd)
         saved = None

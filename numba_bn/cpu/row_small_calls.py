@@ -19,12 +19,10 @@ it and raises the errors.
 
 import numpy as np
 
-from .. import config
 from .._dtypes import compute_dtype
 from .._row_layout import row_parts
-from . import fingerprint, row_kernels
-from .backend import _kernel_array, _output_dtype
-from .row_backend import CPU_ROWS, RowStatistics, SavedRows, run_kernel
+from . import fingerprint
+from .row_backend import CPU_ROWS, RowStatistics, SavedRows, borrowed_copy, forward_kernel, run_kernel
 
 
 class RepeatedRows:
@@ -36,7 +34,7 @@ class RepeatedRows:
 
     __slots__ = (
         "shape", "strides", "dtype", "options", "weight", "bias", "parameter_shapes", "geometry", "kernel",
-        "arguments", "out_dtype", "half", "compute", "rows",
+        "arguments", "half", "compute", "rows",
     )
 
     def __init__(self, module, x, geometry, options, weight, bias):
@@ -45,12 +43,11 @@ class RepeatedRows:
         self.weight, self.bias = module.weight, module.bias
         self.parameter_shapes = tuple(None if p is None else p.shape for p in (module.weight, module.bias))
         self.geometry = geometry
-        self.kernel = row_kernels.forward_serial if x.size < config.SERIAL_BELOW else row_kernels.forward
+        self.kernel = forward_kernel(x)
         self.arguments = (
             geometry.shape, geometry.strides, weight, bias, geometry.weight_strides, float(module.eps),
             row_parts(geometry), False,
         )
-        self.out_dtype = _output_dtype(_kernel_array(x))
         self.half = x.dtype == np.float16  # the kernels read and write its bits
         self.compute = weight.dtype
         self.rows = geometry.rows
@@ -85,7 +82,7 @@ class RepeatedRows:
 
     def forward(self, x, save):
         """``(y, SavedRows or None)``: the general path's ``forward_rows`` on ``x``, in fewer steps."""
-        out = np.empty(self.shape, self.out_dtype)
+        out = np.empty(self.shape, self.dtype)  # native: the input's dtype
         rows = self.rows
         mean, var, invstd = np.empty(rows), np.empty(rows), np.empty(rows)  # faster than unpacking one array
         terms = np.empty((rows, 3), self.compute)
@@ -98,6 +95,6 @@ class RepeatedRows:
         if not save:
             return out, None
         return out, SavedRows(
-            x, self.geometry, RowStatistics(mean, var, invstd), self.arguments[2].copy(), True,
+            x, self.geometry, RowStatistics(mean, var, invstd), borrowed_copy(self.arguments[2], self.weight), True,
             fingerprint.record(source), source,
         )
